@@ -1,0 +1,21 @@
+# The two set-up commands of the README. Both install what they need.
+.PHONY: demo test deps lint unit
+
+CARGO ?= cargo
+
+deps:
+	@bash scripts/deps.sh
+
+# The main job on the embedded lab default.
+demo: deps
+	$(CARGO) run --quiet --bin cnpilot -- demo
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every tier: unit, datapath integration (root + BPF) and end-to-end on the
+# lab. Root tiers skip loudly when not root, and must run under CI=true.
+test: lint
+	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) run --quiet --bin cnpilot -- policy test ../shared/policy-cases/seed.yaml recommender/cases

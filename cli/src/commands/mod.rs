@@ -1,0 +1,5 @@
+pub mod agent;
+pub mod bench;
+pub mod demo;
+pub mod learn;
+pub mod policy;

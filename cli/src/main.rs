@@ -1,0 +1,90 @@
+//! `cnpilot`: a thin binary over the cnpilot libraries. Every command exits
+//! 0 on success, 1 on a finding that should stop a script (a failing case,
+//! would-drops), 2 on bad input or a failure to run, with a one-line reason on
+//! stderr.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod lab;
+mod outcome;
+
+use outcome::Outcome;
+
+/// Least-privilege, L7-aware Cilium network policy for brownfield clusters,
+/// learned from real traffic with eBPF.
+///
+/// The loop: observe in audit mode (`agent`, `record`, `import hubble`),
+/// learn the flow table (`learn`), check and test policy (`policy`), and run
+/// all of it on one machine with the network-namespace `lab`.
+#[derive(Debug, Parser)]
+#[command(name = "cnpilot", version, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `cnpilot_bpf=debug`.
+    #[arg(long, global = true, env = "CNPILOT_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the main job on the embedded lab: see the README.
+    Demo(commands::demo::DemoArgs),
+    /// Parse, validate and test CiliumNetworkPolicy files.
+    #[command(subcommand)]
+    Policy(commands::policy::PolicyCommand),
+    /// A one-machine cluster of network namespaces to run everything on.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// Load the eBPF programs, attach them to every pod, record (long-running).
+    Agent(commands::agent::AgentArgs),
+    /// Flip one namespace between off, audit and enforce (one map update).
+    Mode(commands::agent::ModeArgs),
+    /// Run the agent for a fixed window and store what it saw.
+    Record(commands::agent::RecordArgs),
+    /// Import flows recorded elsewhere (Hubble) into a flow store.
+    #[command(subcommand)]
+    Import(commands::learn::ImportCommand),
+    /// Print the aggregated flow table of a flow store.
+    Learn(commands::learn::LearnArgs),
+    /// Datapath and pipeline benchmarks.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let result = match cli.command {
+        Command::Demo(args) => commands::demo::run(args),
+        Command::Policy(cmd) => commands::policy::run(cmd),
+        Command::Lab(cmd) => lab::run(cmd),
+        Command::Agent(args) => commands::agent::run_agent(args),
+        Command::Mode(args) => commands::agent::run_mode(args),
+        Command::Record(args) => commands::agent::run_record(args),
+        Command::Import(cmd) => commands::learn::run_import(cmd),
+        Command::Learn(args) => commands::learn::run_learn(args),
+        Command::Bench(cmd) => commands::bench::run(cmd),
+    };
+    match result {
+        Ok(outcome) => outcome.exit_code(),
+        Err(err) => {
+            // One line a script can show; the cause chain joined with ": ".
+            eprintln!("cnpilot: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

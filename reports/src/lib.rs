@@ -1,0 +1,1 @@
+//! cnpilot reports crate.
