@@ -1,0 +1,236 @@
+//! FlowStore: round trip, partitions, WAL replay, corrupt segments, and the
+//! kill -9 test.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cnpilot_learner::store::{self, FlowStore};
+use cnpilot_learner::synth::{SynthConfig, SynthFlows};
+use cnpilot_learner::FlowRecord;
+
+fn records(n: usize, seed: u64) -> Vec<FlowRecord> {
+    SynthFlows::new(SynthConfig {
+        seed,
+        ..Default::default()
+    })
+    .take(n)
+    .collect()
+}
+
+#[test]
+fn roundtrip_through_segments_keeps_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = records(2_000, 7);
+    let mut store = FlowStore::open_with(dir.path(), 700).unwrap();
+    store.append(&input).unwrap();
+    store.close().unwrap();
+    let mut output = store::read_all(dir.path()).unwrap();
+    let mut expected = input.clone();
+    let key = |r: &FlowRecord| (r.window_start_ns, r.node.clone());
+    output.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert_eq!(output, expected);
+    // Partitioned by node and hour.
+    let files = store::segment_files(dir.path()).unwrap();
+    assert!(files.iter().all(|f| {
+        let s = f.to_string_lossy();
+        s.contains("/node=node-") && s.contains("/hour=2026010100/")
+    }));
+    assert!(files.len() >= 3, "{files:?}");
+}
+
+#[test]
+fn unflushed_records_are_replayed_from_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = records(100, 1);
+    {
+        let mut store = FlowStore::open(dir.path()).unwrap();
+        store.append(&input).unwrap();
+        // Dropped without flush: like a crash after the ack.
+    }
+    assert!(store::segment_files(dir.path()).unwrap().is_empty());
+    let store = FlowStore::open(dir.path()).unwrap();
+    assert_eq!(store::read_all(dir.path()).unwrap().len(), 100);
+    drop(store);
+    // Opening again replays nothing twice.
+    let _store = FlowStore::open(dir.path()).unwrap();
+    assert_eq!(store::read_all(dir.path()).unwrap().len(), 100);
+}
+
+#[test]
+fn truncated_wal_tail_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = FlowStore::open(dir.path()).unwrap();
+        store.append(&records(10, 2)).unwrap();
+    }
+    let wal = std::fs::read_dir(dir.path().join("_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
+    f.write_all(b"{\"window_start_ns\":12,\"node").unwrap();
+    drop(f);
+    let _store = FlowStore::open(dir.path()).unwrap();
+    assert_eq!(store::read_all(dir.path()).unwrap().len(), 10);
+}
+
+#[test]
+fn a_second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = FlowStore::open(dir.path()).unwrap();
+    let err = FlowStore::open(dir.path()).err().unwrap();
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[test]
+fn corrupt_segment_is_skipped_with_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = FlowStore::open(dir.path()).unwrap();
+    store.append(&records(50, 3)).unwrap();
+    store.flush().unwrap();
+    store.append(&records(50, 4)).unwrap();
+    store.close().unwrap();
+    let files = store::segment_files(dir.path()).unwrap();
+    let victim = &files[0];
+    let len = std::fs::metadata(victim).unwrap().len();
+    let rows_in_victim = {
+        let (_, r) = store::scan(&[dir.path().to_path_buf()], None).unwrap();
+        r.rows
+    };
+    // Truncate one segment in the middle of its footer.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    let (lf, report) = store::scan(&[dir.path().to_path_buf()], None).unwrap();
+    assert_eq!(report.skipped.len(), 1);
+    let height = lf.collect().unwrap().height();
+    assert!(height < rows_in_victim && height > 0, "{height}");
+}
+
+#[test]
+fn scan_of_an_empty_or_missing_store_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lf, report) = store::scan(&[dir.path().join("nope")], None).unwrap();
+    assert_eq!(report.segments, 0);
+    assert_eq!(lf.collect().unwrap().height(), 0);
+}
+
+const CHILD_ENV: &str = "CNPILOT_CRASH_WRITER_DIR";
+
+/// Not a test on its own: the writer process of `kill_9_loses_no_acked_record`.
+/// It appends records with unique start times and prints each acked id.
+#[test]
+fn crash_writer_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let base: i64 = std::env::var("CNPILOT_CRASH_BASE")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Small segments so kills also land during rotation.
+    let mut store = FlowStore::open_with(&dir, 64).unwrap();
+    let template = records(1, 9).remove(0);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for i in 0.. {
+        let batch: Vec<FlowRecord> = (0..7)
+            .map(|j| {
+                let mut r = template.clone();
+                r.window_start_ns = base + i * 7 + j;
+                r.node = format!("node-{}", (i + j) % 3);
+                r
+            })
+            .collect();
+        store.append(&batch).unwrap();
+        for r in &batch {
+            writeln!(out, "ACK {}", r.window_start_ns).unwrap();
+        }
+        out.flush().unwrap();
+    }
+}
+
+fn run_and_kill(dir: &Path, base: i64, after: Duration) -> Vec<i64> {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "crash_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir)
+        .env("CNPILOT_CRASH_BASE", base.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(id) = line.strip_prefix("ACK ") {
+                acked.push(id.parse::<i64>().unwrap());
+            }
+        }
+        acked
+    });
+    let start = Instant::now();
+    while start.elapsed() < after {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SIGKILL: no destructor, no flush.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
+#[test]
+fn kill_9_loses_no_acked_record() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked_all = Vec::new();
+    for round in 0..6i64 {
+        let acked = run_and_kill(
+            dir.path(),
+            round * 1_000_000_000,
+            Duration::from_millis(150 + 60 * round as u64),
+        );
+        acked_all.extend(acked);
+    }
+    assert!(
+        acked_all.len() > 100,
+        "the writer acked only {}",
+        acked_all.len()
+    );
+    // Opening replays what the last kill left in the WAL.
+    drop(FlowStore::open(dir.path()).unwrap());
+    let stored: Vec<i64> = store::read_all(dir.path())
+        .unwrap()
+        .iter()
+        .map(|r| r.window_start_ns)
+        .collect();
+    let unique: HashSet<i64> = stored.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        stored.len(),
+        "duplicated records after replay"
+    );
+    let missing: Vec<&i64> = acked_all.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acked records lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
