@@ -1,7 +1,18 @@
 //! cnpilot datapath: the C eBPF programs (tc, on pods' veths), the one
 //! header that defines their maps (`c/cnpilot.h`), its Rust mirror
-//! ([`maps`]), and the aya loader.
+//! ([`maps`]), and the aya loader ([`Datapath`]).
 
+pub mod error;
+pub mod events;
+pub mod loader;
 pub mod maps;
+pub mod netns;
+pub mod tables;
 
 pub mod testing;
+
+pub use error::DatapathError;
+pub use events::EventReader;
+pub use loader::{attached_interfaces, detach, detach_all, unpin_all, Datapath, DEFAULT_PIN_DIR};
+pub use maps::Mode;
+pub use tables::{IpcacheEntry, Tables};

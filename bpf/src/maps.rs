@@ -182,3 +182,147 @@ pub struct FlowEvent {
     pub ns_id: u32,
     pub pad: u32,
 }
+
+impl Mode {
+    pub fn from_u32(v: u32) -> Option<Mode> {
+        match v {
+            0 => Some(Mode::Off),
+            1 => Some(Mode::Audit),
+            2 => Some(Mode::Enforce),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Audit => "audit",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Mode::Off),
+            "audit" => Ok(Mode::Audit),
+            "enforce" => Ok(Mode::Enforce),
+            other => Err(format!(
+                "unknown mode `{other}`: expected off, audit or enforce"
+            )),
+        }
+    }
+}
+
+// SAFETY: every type below is #[repr(C)], made only of integers, with every
+// padding byte spelled out as a field (the layout test checks the C side has
+// no hidden padding either), so any bit pattern is a valid value.
+unsafe impl aya::Pod for IpcacheKey {}
+unsafe impl aya::Pod for IpcacheValue {}
+unsafe impl aya::Pod for EndpointKey {}
+unsafe impl aya::Pod for EndpointValue {}
+unsafe impl aya::Pod for NsModeValue {}
+unsafe impl aya::Pod for SubjectKey {}
+unsafe impl aya::Pod for SubjectValue {}
+unsafe impl aya::Pod for PolicyKey {}
+unsafe impl aya::Pod for PolicyValue {}
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for FlowCounters {}
+unsafe impl aya::Pod for FlowEvent {}
+
+impl FlowEvent {
+    /// Decodes one ring buffer record; `None` if it is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<FlowEvent> {
+        if bytes.len() < std::mem::size_of::<FlowEvent>() {
+            return None;
+        }
+        // SAFETY: length checked above; FlowEvent is Pod and read unaligned.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    include!(concat!(env!("OUT_DIR"), "/c_layout.rs"));
+
+    macro_rules! rust_layout {
+        ($($c:literal => $t:ty { $($f:ident),* }),* $(,)?) => {
+            vec![$(
+                ($c, "", size_of::<$t>(), 0usize),
+                $(($c, stringify!($f), offset_of!($t, $f), {
+                    fn width<T>(_: impl Fn(&$t) -> &T) -> usize { size_of::<T>() }
+                    width(|v: &$t| &v.$f)
+                }),)*
+            )*]
+        };
+    }
+
+    #[test]
+    fn rust_mirrors_match_the_c_header() {
+        let rust: Vec<(&str, &str, usize, usize)> = rust_layout! {
+            "ipcache_key" => IpcacheKey { prefixlen, addr },
+            "ipcache_value" => IpcacheValue { identity, flags },
+            "endpoint_key" => EndpointKey { ifindex },
+            "endpoint_value" => EndpointValue { identity, ns_id, addr, flags },
+            "ns_mode_value" => NsModeValue { mode },
+            "subject_key" => SubjectKey { identity, direction },
+            "subject_value" => SubjectValue { flags },
+            "policy_key" => PolicyKey { subject, peer, dport, proto, direction },
+            "policy_value" => PolicyValue { action, pad, proxy_port, rule_id },
+            "flow_key" => FlowKey { saddr, daddr, sport, dport, proto, direction, pad, ifindex },
+            "ct_value" => CtValue { verdict, reason, proxy_port, rule_id, created_ns },
+            "flow_counters" => FlowCounters { packets, bytes, first_seen_ns, last_seen_ns,
+                src_identity, dst_identity, verdict, reason, pad, rule_id },
+            "flow_event" => FlowEvent { ts_ns, saddr, daddr, src_identity, dst_identity, sport,
+                dport, proto, direction, verdict, reason, ifindex, rule_id, ns_id, pad },
+        };
+        let c: Vec<(&str, &str, usize, usize)> = C_LAYOUT.to_vec();
+        assert_eq!(rust.len(), c.len(), "a field exists on one side only");
+        for (r, c) in rust.iter().zip(c.iter()) {
+            assert_eq!(
+                r, c,
+                "layout differs (type, field, offset, size): rust vs C"
+            );
+        }
+    }
+
+    #[test]
+    fn c_structs_have_no_hidden_padding() {
+        // Pod (any bit pattern valid, nothing uninitialised sent to the
+        // kernel) needs every byte to be a named field.
+        let mut by_type: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+        for (t, f, off, size) in C_LAYOUT {
+            let e = by_type.entry(t).or_default();
+            if f.is_empty() {
+                e.0 = *off; // the C program prints sizeof in the offset column
+            } else {
+                e.1 += size;
+            }
+        }
+        for (t, (total, fields)) in by_type {
+            assert_eq!(total, fields, "struct {t} has implicit padding");
+        }
+    }
+
+    #[test]
+    fn mode_round_trips_through_text_and_numbers() {
+        for m in [Mode::Off, Mode::Audit, Mode::Enforce] {
+            assert_eq!(m.as_str().parse::<Mode>(), Ok(m));
+            assert_eq!(Mode::from_u32(m as u32), Some(m));
+        }
+        assert!("drop".parse::<Mode>().is_err());
+        assert_eq!(Mode::from_u32(7), None);
+    }
+}

@@ -12,6 +12,8 @@ pub fn privileged_tests_enabled(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true forbids skipping it");
     }
-    eprintln!("\n!!! SKIPPED {test}: needs root (CAP_BPF, CAP_NET_ADMIN); run the suite as root !!!\n");
+    eprintln!(
+        "\n!!! SKIPPED {test}: needs root (CAP_BPF, CAP_NET_ADMIN); run the suite as root !!!\n"
+    );
     false
 }

@@ -1,0 +1,411 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * cnpilot datapath: tc programs on the host side of each pod's veth.
+ *
+ *   cnp_from_pod: tc ingress on the host-side veth = the pod's EGRESS
+ *   cnp_to_pod:   tc egress  on the host-side veth = the pod's INGRESS
+ *
+ * A connection's verdict is decided at its first packet and kept in
+ * conntrack; what a verdict *means* (pass or drop) is decided per packet
+ * from the namespace's current mode, so flipping audit -> enforce is one map
+ * update and an audit-era "would drop" connection is dropped at once.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "cnpilot.h"
+
+/* linux/icmp.h drags in libc headers that do not exist for -target bpf. */
+struct cnp_icmphdr {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__be16 id;
+	__be16 sequence;
+};
+#define CNP_ICMP_ECHOREPLY 0
+#define CNP_ICMP_ECHO 8
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Map names stay within 15 characters: the kernel truncates longer ones and
+ * `bpftool map list` should show exactly these. Every map is pinned by name
+ * so a restarted agent (aya's map_pin_path) reuses the live state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct ns_mode_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_ns_mode SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct subject_key);
+	__type(value, struct subject_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_subjects SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct flow_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_events SEC(".maps");
+
+struct packet {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	/* What policy matches on: the destination port, or the ICMP type. */
+	__u16 policy_port;
+	__u8 proto;
+};
+
+/* 0 = parsed an IPv4 packet cnpilot evaluates; <0 = not ours, pass. */
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return -1; /* IPv6, ARP: not evaluated (yet) */
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return -1;
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return -1;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->sport = 0;
+	p->dport = 0;
+	p->policy_port = 0;
+	/* Non-first fragments carry no L4 header: match them on addresses. */
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	void *l4 = (void *)ip + ihl;
+	switch (ip->protocol) {
+	case IPPROTO_TCP: {
+		struct tcphdr *tcp = l4;
+		if ((void *)(tcp + 1) > data_end)
+			return -1;
+		p->sport = bpf_ntohs(tcp->source);
+		p->dport = bpf_ntohs(tcp->dest);
+		p->policy_port = p->dport;
+		break;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *udp = l4;
+		if ((void *)(udp + 1) > data_end)
+			return -1;
+		p->sport = bpf_ntohs(udp->source);
+		p->dport = bpf_ntohs(udp->dest);
+		p->policy_port = p->dport;
+		break;
+	}
+	case IPPROTO_ICMP: {
+		struct cnp_icmphdr *icmp = l4;
+		if ((void *)(icmp + 1) > data_end)
+			return -1;
+		p->policy_port = icmp->type;
+		/* Echo request and reply share the id: using it on both sides
+		 * makes the reply the reverse tuple of the request. */
+		if (icmp->type == CNP_ICMP_ECHO || icmp->type == CNP_ICMP_ECHOREPLY) {
+			p->sport = bpf_ntohs(icmp->id);
+			p->dport = p->sport;
+		}
+		break;
+	}
+	default:
+		break;
+	}
+	return 0;
+}
+
+static __always_inline __u32 peer_identity(__u32 addr)
+{
+	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
+	struct ipcache_value *v = bpf_map_lookup_elem(&cnp_ipcache, &k);
+	return v ? v->identity : CNP_ID_WORLD;
+}
+
+struct decision {
+	__u8 denied;
+	__u8 reason;
+	__u8 redirect;
+	__u16 proxy_port;
+	__u32 rule_id;
+};
+
+/* One lookup of the bounded sequence; returns 1 when a deny matched. */
+static __always_inline int probe(struct policy_key *k, struct decision *d, int *allowed)
+{
+	struct policy_value *v = bpf_map_lookup_elem(&cnp_policy, k);
+	if (!v)
+		return 0;
+	if (v->action == CNP_ACTION_DENY) {
+		d->denied = 1;
+		d->reason = CNP_REASON_DENY_RULE;
+		d->rule_id = v->rule_id;
+		return 1;
+	}
+	if (!*allowed || (v->action == CNP_ACTION_REDIRECT && !d->redirect)) {
+		*allowed = 1;
+		d->rule_id = v->rule_id;
+		if (v->action == CNP_ACTION_REDIRECT) {
+			d->redirect = 1;
+			d->proxy_port = v->proxy_port;
+		}
+	}
+	return 0;
+}
+
+/* The order documented in cnpilot.h: exact, any port, any L4, then the same
+ * three for any peer. O(1) in the number of rules: six hash lookups at most. */
+static __always_inline void evaluate(__u32 subject, __u8 dir, __u32 peer, struct packet *p,
+				     struct decision *d)
+{
+	struct subject_key sk = { .identity = subject, .direction = dir };
+	struct subject_value *sv = bpf_map_lookup_elem(&cnp_subjects, &sk);
+	if (!sv)
+		return; /* no rule selects this identity in this direction */
+
+	int allowed = 0;
+	struct policy_key k = {
+		.subject = subject,
+		.peer = peer,
+		.dport = p->policy_port,
+		.proto = p->proto,
+		.direction = dir,
+	};
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		k.peer = i == 0 ? peer : CNP_ID_ANY;
+		k.proto = p->proto;
+		k.dport = p->policy_port;
+		if (probe(&k, d, &allowed))
+			return;
+		k.dport = 0;
+		if (probe(&k, d, &allowed))
+			return;
+		k.proto = 0;
+		if (probe(&k, d, &allowed))
+			return;
+	}
+	if (!allowed && (sv->flags & CNP_SUBJECT_F_DEFAULT_DENY)) {
+		d->denied = 1;
+		d->reason = CNP_REASON_DEFAULT_DENY;
+		d->rule_id = 0;
+	}
+}
+
+static __always_inline void emit(struct flow_key *fk, struct packet *p, __u32 src_id, __u32 dst_id,
+				 __u8 verdict, __u8 reason, __u32 rule_id, __u32 ns_id, __u64 now)
+{
+	struct flow_event *e = bpf_ringbuf_reserve(&cnp_events, sizeof(*e), 0);
+	if (!e)
+		return; /* overrun: cnp_flows still counts the flow */
+	e->ts_ns = now;
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->src_identity = src_id;
+	e->dst_identity = dst_id;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->proto = p->proto;
+	e->direction = fk->direction;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->ifindex = fk->ifindex;
+	e->rule_id = rule_id;
+	e->ns_id = ns_id;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void count(struct flow_key *fk, __u32 len, __u32 src_id, __u32 dst_id,
+				  struct ct_value *ct, __u64 now)
+{
+	struct flow_counters *c = bpf_map_lookup_elem(&cnp_flows, fk);
+	if (c) {
+		__sync_fetch_and_add(&c->packets, 1);
+		__sync_fetch_and_add(&c->bytes, len);
+		c->last_seen_ns = now;
+		c->verdict = ct->verdict;
+		return;
+	}
+	struct flow_counters n = {
+		.packets = 1,
+		.bytes = len,
+		.first_seen_ns = now,
+		.last_seen_ns = now,
+		.src_identity = src_id,
+		.dst_identity = dst_id,
+		.verdict = ct->verdict,
+		.reason = ct->reason,
+		.rule_id = ct->rule_id,
+	};
+	bpf_map_update_elem(&cnp_flows, fk, &n, BPF_NOEXIST);
+}
+
+/* The verdict a denied connection gets under a mode. */
+static __always_inline __u8 denied_verdict(__u32 mode)
+{
+	return mode == CNP_MODE_ENFORCE ? CNP_VERDICT_DROPPED : CNP_VERDICT_WOULD_DROP;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct packet p;
+	if (parse(skb, &p) < 0)
+		return TC_ACT_OK;
+
+	struct endpoint_key ek = { .ifindex = skb->ifindex };
+	struct endpoint_value *ep = bpf_map_lookup_elem(&cnp_endpoints, &ek);
+	if (!ep)
+		return TC_ACT_OK;
+	__u32 ns_id = ep->ns_id;
+	__u32 mode = CNP_MODE_OFF;
+	struct ns_mode_value *mv = bpf_map_lookup_elem(&cnp_ns_mode, &ns_id);
+	if (mv)
+		mode = mv->mode;
+	if (mode == CNP_MODE_OFF)
+		return TC_ACT_OK;
+
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_key fk = {
+		.saddr = p.saddr,
+		.daddr = p.daddr,
+		.sport = p.sport,
+		.dport = p.dport,
+		.proto = p.proto,
+		.direction = dir,
+		.ifindex = skb->ifindex,
+	};
+
+	struct ct_value *ct = bpf_map_lookup_elem(&cnp_conntrack, &fk);
+	if (!ct) {
+		/* A reply: the original as this veth saw it the other way. */
+		struct flow_key rk = {
+			.saddr = p.daddr,
+			.daddr = p.saddr,
+			.sport = p.dport,
+			.dport = p.sport,
+			.proto = p.proto,
+			.direction = dir == CNP_DIR_EGRESS ? CNP_DIR_INGRESS : CNP_DIR_EGRESS,
+			.ifindex = skb->ifindex,
+		};
+		ct = bpf_map_lookup_elem(&cnp_conntrack, &rk);
+		if (ct)
+			fk = rk;
+	}
+
+	/* The peer is the far end of this packet; src/dst name the connection's
+	 * original direction, which is what the counters are keyed by. */
+	__u32 peer = peer_identity(dir == CNP_DIR_EGRESS ? p.daddr : p.saddr);
+	__u32 src_id = fk.direction == CNP_DIR_EGRESS ? ep->identity : peer;
+	__u32 dst_id = fk.direction == CNP_DIR_EGRESS ? peer : ep->identity;
+
+	if (ct) {
+		int denied = ct->verdict == CNP_VERDICT_WOULD_DROP || ct->verdict == CNP_VERDICT_DROPPED;
+		if (denied) {
+			__u8 v = denied_verdict(mode);
+			if (ct->verdict != v)
+				ct->verdict = v; /* the mode flipped since the first packet */
+			count(&fk, skb->len, src_id, dst_id, ct, now);
+			if (v == CNP_VERDICT_DROPPED) {
+				emit(&fk, &p, src_id, dst_id, v, ct->reason, ct->rule_id, ns_id, now);
+				return TC_ACT_SHOT;
+			}
+			return TC_ACT_OK;
+		}
+		count(&fk, skb->len, src_id, dst_id, ct, now);
+		/* L7 hook: CNP_VERDICT_REDIRECTED connections will be handed to the
+		 * proxy here (bpf_sk_assign) once it exists; until then they pass. */
+		return TC_ACT_OK;
+	}
+
+	struct decision d = {};
+	evaluate(ep->identity, dir, peer, &p, &d);
+
+	struct ct_value n = {
+		.verdict = d.denied ? denied_verdict(mode)
+				    : (d.redirect ? CNP_VERDICT_REDIRECTED : CNP_VERDICT_FORWARDED),
+		.reason = d.denied ? d.reason : CNP_REASON_NONE,
+		.proxy_port = d.proxy_port,
+		.rule_id = d.rule_id,
+		.created_ns = now,
+	};
+	bpf_map_update_elem(&cnp_conntrack, &fk, &n, BPF_ANY);
+	count(&fk, skb->len, src_id, dst_id, &n, now);
+	emit(&fk, &p, src_id, dst_id, n.verdict, n.reason, n.rule_id, ns_id, now);
+	if (n.verdict == CNP_VERDICT_DROPPED)
+		return TC_ACT_SHOT;
+	/* L7 hook: see above (REDIRECTED passes for now). */
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int cnp_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, CNP_DIR_EGRESS);
+}
+
+SEC("classifier")
+int cnp_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, CNP_DIR_INGRESS);
+}

@@ -1,0 +1,265 @@
+//! Typed access to the pinned maps. Works the same whether the maps came from
+//! a fresh load ([`crate::Datapath`]) or were opened from their pins by a
+//! short-lived command (`cnpilot mode`).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, Map, MapData};
+
+use crate::error::DatapathError;
+use crate::maps::*;
+
+/// Map names as in `c/cnpilot.bpf.c` (and as pinned and shown by bpftool).
+pub mod names {
+    pub const IPCACHE: &str = "cnp_ipcache";
+    pub const ENDPOINTS: &str = "cnp_endpoints";
+    pub const NS_MODE: &str = "cnp_ns_mode";
+    pub const SUBJECTS: &str = "cnp_subjects";
+    pub const POLICY: &str = "cnp_policy";
+    pub const CONNTRACK: &str = "cnp_conntrack";
+    pub const FLOWS: &str = "cnp_flows";
+    pub const EVENTS: &str = "cnp_events";
+    pub const ALL: [&str; 8] = [
+        IPCACHE, ENDPOINTS, NS_MODE, SUBJECTS, POLICY, CONNTRACK, FLOWS, EVENTS,
+    ];
+}
+
+/// One ipcache entry: every address in `addr/prefix_len` has `value.identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpcacheEntry {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    pub value: IpcacheValue,
+}
+
+pub struct Tables {
+    ipcache: LpmTrie<MapData, u32, IpcacheValue>,
+    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    ns_mode: HashMap<MapData, u32, NsModeValue>,
+    subjects: HashMap<MapData, SubjectKey, SubjectValue>,
+    policy: HashMap<MapData, PolicyKey, PolicyValue>,
+    conntrack: HashMap<MapData, FlowKey, CtValue>,
+    flows: HashMap<MapData, FlowKey, FlowCounters>,
+}
+
+impl Tables {
+    /// Opens every map from its pin under `pin_dir`.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Tables, DatapathError> {
+        let open = |name: &'static str| -> Result<MapData, DatapathError> {
+            let path = pin_dir.join(name);
+            if !path.exists() {
+                return Err(DatapathError::NotPinned { path });
+            }
+            MapData::from_pin(&path).map_err(DatapathError::map(name))
+        };
+        Tables::from_maps(|name, wrap| Ok(wrap(open(name)?)))
+    }
+
+    /// Takes the maps out of a loaded object.
+    pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Tables, DatapathError> {
+        Tables::from_maps(|name, _| {
+            ebpf.take_map(name)
+                .ok_or(DatapathError::Missing { kind: "map", name })
+        })
+    }
+
+    fn from_maps(
+        mut get: impl FnMut(&'static str, fn(MapData) -> Map) -> Result<Map, DatapathError>,
+    ) -> Result<Tables, DatapathError> {
+        use names::*;
+        macro_rules! typed {
+            ($name:expr, $variant:path) => {
+                get($name, $variant)?
+                    .try_into()
+                    .map_err(DatapathError::map($name))?
+            };
+        }
+        Ok(Tables {
+            ipcache: typed!(IPCACHE, Map::LpmTrie),
+            endpoints: typed!(ENDPOINTS, Map::HashMap),
+            ns_mode: typed!(NS_MODE, Map::HashMap),
+            subjects: typed!(SUBJECTS, Map::HashMap),
+            policy: typed!(POLICY, Map::HashMap),
+            conntrack: typed!(CONNTRACK, Map::LruHashMap),
+            flows: typed!(FLOWS, Map::LruHashMap),
+        })
+    }
+
+    /// The namespace's mode; a namespace without an entry is `off`.
+    pub fn mode(&self, ns_id: u32) -> Result<Mode, DatapathError> {
+        match self.ns_mode.get(&ns_id, 0) {
+            Ok(v) => Mode::from_u32(v.mode).ok_or(DatapathError::BadMode {
+                ns_id,
+                value: v.mode,
+            }),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(Mode::Off),
+            Err(e) => Err(DatapathError::map(names::NS_MODE)(e)),
+        }
+    }
+
+    /// Flips one namespace: a single map update, effective at the next packet.
+    /// Returns the previous mode.
+    pub fn set_mode(&mut self, ns_id: u32, mode: Mode) -> Result<Mode, DatapathError> {
+        let old = self.mode(ns_id).unwrap_or(Mode::Off);
+        self.ns_mode
+            .insert(ns_id, NsModeValue { mode: mode as u32 }, 0)
+            .map_err(DatapathError::map(names::NS_MODE))?;
+        Ok(old)
+    }
+
+    pub fn modes(&self) -> Result<Vec<(u32, Mode)>, DatapathError> {
+        let mut out = Vec::new();
+        for kv in self.ns_mode.iter() {
+            let (k, v) = kv.map_err(DatapathError::map(names::NS_MODE))?;
+            out.push((
+                k,
+                Mode::from_u32(v.mode).ok_or(DatapathError::BadMode {
+                    ns_id: k,
+                    value: v.mode,
+                })?,
+            ));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    /// The pod behind host-side veth `ifindex` (in the node namespace).
+    pub fn upsert_endpoint(
+        &mut self,
+        ifindex: u32,
+        value: EndpointValue,
+    ) -> Result<(), DatapathError> {
+        self.endpoints
+            .insert(EndpointKey { ifindex }, value, 0)
+            .map_err(DatapathError::map(names::ENDPOINTS))
+    }
+
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        match self.endpoints.remove(&EndpointKey { ifindex }) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(DatapathError::map(names::ENDPOINTS)(e)),
+        }
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(u32, EndpointValue)>, DatapathError> {
+        self.endpoints
+            .iter()
+            .map(|kv| {
+                kv.map(|(k, v)| (k.ifindex, v))
+                    .map_err(DatapathError::map(names::ENDPOINTS))
+            })
+            .collect()
+    }
+
+    pub fn upsert_ipcache(&mut self, entry: IpcacheEntry) -> Result<(), DatapathError> {
+        let key = Key::new(u32::from(entry.prefix_len), u32::from(entry.addr).to_be());
+        self.ipcache
+            .insert(&key, entry.value, 0)
+            .map_err(DatapathError::map(names::IPCACHE))
+    }
+
+    /// Makes the ipcache exactly `entries`: new ones are written before stale
+    /// ones are removed, so a lookup never sees an emptied map.
+    pub fn set_ipcache(&mut self, entries: &[IpcacheEntry]) -> Result<(), DatapathError> {
+        let wanted: HashSet<(u32, u32)> = entries
+            .iter()
+            .map(|e| (u32::from(e.prefix_len), u32::from(e.addr).to_be()))
+            .collect();
+        for e in entries {
+            self.upsert_ipcache(*e)?;
+        }
+        let stale: Vec<Key<u32>> = self
+            .ipcache
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            self.ipcache
+                .remove(&k)
+                .map_err(DatapathError::map(names::IPCACHE))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the policy map exactly `entries` (add/overwrite first, then
+    /// delete stale keys: no window where a selected subject has no rules).
+    pub fn replace_policy(
+        &mut self,
+        entries: impl IntoIterator<Item = (PolicyKey, PolicyValue)>,
+    ) -> Result<(), DatapathError> {
+        replace(&mut self.policy, names::POLICY, entries)
+    }
+
+    /// Makes the subjects map exactly `entries`. Call after
+    /// [`Tables::replace_policy`] when adding subjects (their allows must be in
+    /// place before they become default-deny).
+    pub fn replace_subjects(
+        &mut self,
+        entries: impl IntoIterator<Item = (SubjectKey, SubjectValue)>,
+    ) -> Result<(), DatapathError> {
+        replace(&mut self.subjects, names::SUBJECTS, entries)
+    }
+
+    pub fn policy_len(&self) -> usize {
+        self.policy.keys().count()
+    }
+
+    /// Every flow the datapath has counted (LRU: the oldest may be evicted).
+    pub fn read_counters(&self) -> Result<Vec<(FlowKey, FlowCounters)>, DatapathError> {
+        self.flows
+            .iter()
+            .map(|kv| kv.map_err(DatapathError::map(names::FLOWS)))
+            .collect()
+    }
+
+    pub fn read_conntrack(&self) -> Result<Vec<(FlowKey, CtValue)>, DatapathError> {
+        self.conntrack
+            .iter()
+            .map(|kv| kv.map_err(DatapathError::map(names::CONNTRACK)))
+            .collect()
+    }
+
+    /// Forgets every connection's verdict (next packets are evaluated anew).
+    pub fn flush_conntrack(&mut self) -> Result<(), DatapathError> {
+        let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            match self.conntrack.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(DatapathError::map(names::CONNTRACK)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn replace<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    entries: impl IntoIterator<Item = (K, V)>,
+) -> Result<(), DatapathError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let mut wanted = HashSet::new();
+    for (k, v) in entries {
+        map.insert(k, v, 0).map_err(DatapathError::map(name))?;
+        wanted.insert(k);
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    for k in stale {
+        match map.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(DatapathError::map(name)(e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! A two-pod cluster in miniature for root tests: pod namespaces A and B,
+//! each joined by a veth to a third "node" namespace that routes between them
+//! with one /32 route per veth (as Cilium does; no bridge). cnpilot attaches
+//! to the node-side veths. Everything is named uniquely per test and removed
+//! by `Drop`, also when the test fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cnpilot_bpf::maps::*;
+use cnpilot_bpf::{netns, Datapath, IpcacheEntry};
+
+pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The node side's address on every veth, the pods' gateway.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+pub const ID_A: u32 = 1001;
+pub const ID_B: u32 = 2001;
+pub const NS_A: u32 = 1;
+pub const NS_B: u32 = 2;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub tag: String,
+    pub node: String,
+    pub pod_a: String,
+    pub pod_b: String,
+    pub veth_a: String,
+    pub veth_b: String,
+    pub ifindex_a: u32,
+    pub ifindex_b: u32,
+    pub pin_dir: PathBuf,
+}
+
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{:x}{n:x}", std::process::id() & 0xfffff);
+        let lab = Lab {
+            node: format!("cnpt-{tag}-node"),
+            pod_a: format!("cnpt-{tag}-a"),
+            pod_b: format!("cnpt-{tag}-b"),
+            veth_a: format!("cnp{tag}a"),
+            veth_b: format!("cnp{tag}b"),
+            ifindex_a: 0,
+            ifindex_b: 0,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/cnpilot-test-{tag}")),
+            tag,
+        };
+        // From here on Drop cleans up whatever part got built.
+        let mut lab = lab;
+        for ns in [&lab.node, &lab.pod_a, &lab.pod_b] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.node,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        for (pod, veth, addr) in [
+            (&lab.pod_a, &lab.veth_a, ADDR_A),
+            (&lab.pod_b, &lab.veth_b, ADDR_B),
+        ] {
+            sh(&[
+                "ip", "-n", &lab.node, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+                "netns", pod,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &lab.node,
+                "addr",
+                "add",
+                &format!("{GATEWAY}/32"),
+                "dev",
+                veth,
+            ]);
+            sh(&["ip", "-n", &lab.node, "link", "set", veth, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &lab.node,
+                "route",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                veth,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                pod,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", pod, "link", "set", "eth0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                pod,
+                "route",
+                "add",
+                &format!("{GATEWAY}/32"),
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                pod,
+                "route",
+                "add",
+                "198.18.0.0/15",
+                "via",
+                &GATEWAY.to_string(),
+            ]);
+        }
+        lab.ifindex_a = netns::ifindex(&netns::named(&lab.node), &lab.veth_a).unwrap();
+        lab.ifindex_b = netns::ifindex(&netns::named(&lab.node), &lab.veth_b).unwrap();
+        lab
+    }
+
+    pub fn ns(&self, name: &str) -> PathBuf {
+        netns::named(name)
+    }
+
+    /// Loads (or re-opens) the datapath under this lab's pin dir, attaches to
+    /// both veths and registers both pods (namespace `NS_A` / `NS_B`).
+    pub fn datapath(&self) -> Datapath {
+        let mut dp = Datapath::load_or_open(&self.pin_dir).unwrap();
+        let node = self.ns(&self.node);
+        dp.attach(Some(&node), &self.veth_a).unwrap();
+        dp.attach(Some(&node), &self.veth_b).unwrap();
+        let t = dp.tables_mut();
+        t.upsert_endpoint(
+            self.ifindex_a,
+            EndpointValue {
+                identity: ID_A,
+                ns_id: NS_A,
+                addr: u32::from(ADDR_A).to_be(),
+                flags: 0,
+            },
+        )
+        .unwrap();
+        t.upsert_endpoint(
+            self.ifindex_b,
+            EndpointValue {
+                identity: ID_B,
+                ns_id: NS_B,
+                addr: u32::from(ADDR_B).to_be(),
+                flags: 0,
+            },
+        )
+        .unwrap();
+        t.set_ipcache(&[
+            IpcacheEntry {
+                addr: ADDR_A,
+                prefix_len: 32,
+                value: IpcacheValue {
+                    identity: ID_A,
+                    flags: IPCACHE_F_LOCAL_ENDPOINT,
+                },
+            },
+            IpcacheEntry {
+                addr: ADDR_B,
+                prefix_len: 32,
+                value: IpcacheValue {
+                    identity: ID_B,
+                    flags: IPCACHE_F_LOCAL_ENDPOINT,
+                },
+            },
+        ])
+        .unwrap();
+        dp
+    }
+
+    /// A TCP listener in pod B that echoes one line per connection.
+    pub fn tcp_echo_b(&self, port: u16) {
+        let listener = netns::run_in(&self.ns(&self.pod_b), || TcpListener::bind((ADDR_B, port)))
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// Connects from pod A to B:port, sends a line and expects it back (so
+    /// the replies passed too). `false` on timeout/refusal.
+    pub fn tcp_roundtrip_a_to_b(&self, port: u16) -> bool {
+        netns::run_in(&self.ns(&self.pod_a), || {
+            let addr = SocketAddr::from((ADDR_B, port));
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(700)) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_millis(700)))
+                .unwrap();
+            if s.write_all(b"ping\n").is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
+        })
+        .unwrap()
+    }
+
+    /// A UDP echo server in pod B.
+    pub fn udp_echo_b(&self, port: u16) {
+        let sock = netns::run_in(&self.ns(&self.pod_b), || UdpSocket::bind((ADDR_B, port)))
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+    }
+
+    pub fn udp_roundtrip_a_to_b(&self, port: u16) -> bool {
+        netns::run_in(&self.ns(&self.pod_a), || {
+            let s = UdpSocket::bind((ADDR_A, 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            s.send_to(b"hello", (ADDR_B, port)).unwrap();
+            let mut buf = [0u8; 16];
+            matches!(s.recv_from(&mut buf), Ok((5, _)))
+        })
+        .unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = cnpilot_bpf::unpin_all(&self.pin_dir);
+        for ns in [&self.pod_a, &self.pod_b, &self.node] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// B's ingress: default deny; TCP 8080 and UDP 5353 from A allowed; UDP 5454
+/// from anyone explicitly denied.
+pub fn policy_b_ingress(t: &mut cnpilot_bpf::Tables) {
+    let key = |peer, proto, dport| PolicyKey {
+        subject: ID_B,
+        peer,
+        dport,
+        proto,
+        direction: Direction::Ingress as u8,
+    };
+    let allow = PolicyValue {
+        action: action::ALLOW,
+        pad: 0,
+        proxy_port: 0,
+        rule_id: 1,
+    };
+    let deny = PolicyValue {
+        action: action::DENY,
+        pad: 0,
+        proxy_port: 0,
+        rule_id: 2,
+    };
+    t.replace_policy([
+        (key(ID_A, 6, 8080), allow),
+        (key(ID_A, 17, 5353), allow),
+        (key(identity::ANY, 17, 5454), deny),
+    ])
+    .unwrap();
+    t.replace_subjects([(
+        SubjectKey {
+            identity: ID_B,
+            direction: Direction::Ingress as u32,
+        },
+        SubjectValue {
+            flags: SUBJECT_F_DEFAULT_DENY,
+        },
+    )])
+    .unwrap();
+}
+
+pub fn pin_dir_exists(p: &Path) -> bool {
+    p.exists()
+}
