@@ -199,6 +199,40 @@ pub fn attached_interfaces(pin_dir: &Path) -> Vec<String> {
     out
 }
 
+/// Names of the tcx programs on `ifname` in `netns` (`None`: the caller's),
+/// as (`"ingress"|"egress"`, program name), in run order.
+pub fn tcx_programs(
+    netns: Option<&Path>,
+    ifname: &str,
+) -> Result<Vec<(&'static str, String)>, DatapathError> {
+    let query = || -> Result<Vec<(&'static str, String)>, aya::programs::ProgramError> {
+        let mut out = Vec::new();
+        for (t, label) in [
+            (TcAttachType::Ingress, "ingress"),
+            (TcAttachType::Egress, "egress"),
+        ] {
+            let (_, progs) = SchedClassifier::query_tcx(ifname, t)?;
+            out.extend(
+                progs
+                    .iter()
+                    .map(|p| (label, p.name_as_str().unwrap_or("?").to_string())),
+            );
+        }
+        Ok(out)
+    };
+    let result = match netns {
+        Some(ns) => crate::netns::run_in(ns, query).map_err(|source| DatapathError::Netns {
+            path: ns.to_path_buf(),
+            source,
+        })?,
+        None => query(),
+    };
+    result.map_err(|source| DatapathError::Program {
+        program: "tcx query",
+        source,
+    })
+}
+
 fn link_pin(pin_dir: &Path, ifname: &str, suffix: &str) -> PathBuf {
     pin_dir.join("links").join(format!("{ifname}-{suffix}"))
 }

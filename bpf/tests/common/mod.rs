@@ -199,43 +199,15 @@ impl Lab {
         dp
     }
 
-    /// A TCP listener in pod B that echoes one line per connection.
+    /// A TCP listener in pod B that echoes what it reads.
     pub fn tcp_echo_b(&self, port: u16) {
-        let listener = netns::run_in(&self.ns(&self.pod_b), || TcpListener::bind((ADDR_B, port)))
-            .unwrap()
-            .unwrap();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = conn.read(&mut buf) {
-                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
+        tcp_echo(&self.ns(&self.pod_b), ADDR_B, port);
     }
 
     /// Connects from pod A to B:port, sends a line and expects it back (so
     /// the replies passed too). `false` on timeout/refusal.
     pub fn tcp_roundtrip_a_to_b(&self, port: u16) -> bool {
-        netns::run_in(&self.ns(&self.pod_a), || {
-            let addr = SocketAddr::from((ADDR_B, port));
-            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(700)) else {
-                return false;
-            };
-            s.set_read_timeout(Some(Duration::from_millis(700)))
-                .unwrap();
-            if s.write_all(b"ping\n").is_err() {
-                return false;
-            }
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
-        })
-        .unwrap()
+        tcp_roundtrip(&self.ns(&self.pod_a), ADDR_B, port)
     }
 
     /// A UDP echo server in pod B.
@@ -313,6 +285,65 @@ pub fn policy_b_ingress(t: &mut cnpilot_bpf::Tables) {
     .unwrap();
 }
 
-pub fn pin_dir_exists(p: &Path) -> bool {
-    p.exists()
+/// A TCP echo server at `addr:port` in the namespace `ns`.
+pub fn tcp_echo(ns: &Path, addr: Ipv4Addr, port: u16) {
+    let listener = netns::run_in(ns, || TcpListener::bind((addr, port)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Opens a TCP connection from namespace `ns` (kept open: its socket stays
+/// in that namespace whichever thread uses it later).
+pub fn tcp_connect(ns: &Path, to: Ipv4Addr, port: u16) -> Option<TcpStream> {
+    netns::run_in(ns, || {
+        let s =
+            TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_millis(700))
+                .ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        Some(s)
+    })
+    .unwrap()
+}
+
+/// One line there and back on an open connection.
+pub fn echo_once(s: &mut TcpStream) -> bool {
+    if s.write_all(b"ping\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
+}
+
+pub fn tcp_roundtrip(ns: &Path, to: Ipv4Addr, port: u16) -> bool {
+    tcp_connect(ns, to, port).is_some_and(|mut s| echo_once(&mut s))
+}
+
+/// The counters of the flow that `ifindex` saw first in `direction` to `dport`.
+pub fn counted(
+    flows: &[(FlowKey, FlowCounters)],
+    ifindex: u32,
+    direction: Direction,
+    dport: u16,
+) -> FlowCounters {
+    flows
+        .iter()
+        .find(|(k, _)| k.ifindex == ifindex && k.dport == dport && k.direction == direction as u8)
+        .map(|(_, c)| *c)
+        .unwrap_or_else(|| {
+            panic!("no flow counted at ifindex {ifindex} {direction:?} dport {dport}: {flows:?}")
+        })
 }
