@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 mod commands;
 mod lab;
 mod outcome;
+#[cfg_attr(not(test), allow(dead_code))]
+mod proxy;
 
 use outcome::Outcome;
 
