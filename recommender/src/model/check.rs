@@ -1,0 +1,270 @@
+//! Checks that need more than one field, made after parsing (single values
+//! check themselves while they deserialize).
+
+use super::{CidrRule, CiliumPolicy, PolicyKind, PortRule, Rule};
+
+pub(crate) struct Problem {
+    pub message: String,
+    /// Text to look for in the document to find the line.
+    pub hint: String,
+}
+
+fn problem(path: &str, message: impl Into<String>, hint: impl Into<String>) -> Problem {
+    Problem {
+        message: format!("{path}: {}", message.into()),
+        hint: hint.into(),
+    }
+}
+
+pub(crate) fn check_policy(policy: &CiliumPolicy) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if policy.metadata.name.is_empty() {
+        out.push(problem(
+            "metadata.name",
+            "missing: every policy needs a name",
+            "metadata",
+        ));
+    }
+    if policy.kind == PolicyKind::CiliumClusterwideNetworkPolicy
+        && policy.metadata.namespace.is_some()
+    {
+        out.push(problem(
+            "metadata.namespace",
+            "a CiliumClusterwideNetworkPolicy is not namespaced",
+            "namespace",
+        ));
+    }
+    if policy.spec.is_none() && policy.specs.as_ref().is_none_or(Vec::is_empty) {
+        out.push(problem(
+            "spec",
+            "missing: expected `spec` or a non-empty `specs` list",
+            "kind",
+        ));
+    }
+    let specs = policy
+        .specs
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| (format!("specs[{i}]"), r));
+    for (path, rule) in policy
+        .spec
+        .iter()
+        .map(|r| ("spec".to_string(), r))
+        .chain(specs)
+    {
+        check_rule(policy.kind, &path, rule, &mut out);
+    }
+    out
+}
+
+fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>) {
+    match (&rule.endpoint_selector, &rule.node_selector) {
+        (None, None) => out.push(problem(
+            path,
+            "expected exactly one of `endpointSelector` or `nodeSelector`",
+            "spec",
+        )),
+        (Some(_), Some(_)) => out.push(problem(
+            path,
+            "`endpointSelector` and `nodeSelector` are mutually exclusive",
+            "nodeSelector",
+        )),
+        (None, Some(_)) if kind == PolicyKind::CiliumNetworkPolicy => out.push(problem(
+            path,
+            "`nodeSelector` is only allowed in a CiliumClusterwideNetworkPolicy",
+            "nodeSelector",
+        )),
+        _ => {}
+    }
+    if rule.ingress.is_none()
+        && rule.ingress_deny.is_none()
+        && rule.egress.is_none()
+        && rule.egress_deny.is_none()
+    {
+        out.push(problem(
+            path,
+            "expected at least one of `ingress`, `ingressDeny`, `egress`, `egressDeny`",
+            "Selector",
+        ));
+    }
+    let lists = [
+        (
+            "ingress",
+            rule.ingress
+                .iter()
+                .flatten()
+                .map(|r| {
+                    (
+                        r.to_ports.as_deref(),
+                        r.from_cidr_set.as_deref(),
+                        r.authentication.is_some(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+            false,
+        ),
+        (
+            "ingressDeny",
+            rule.ingress_deny
+                .iter()
+                .flatten()
+                .map(|r| {
+                    (
+                        r.to_ports.as_deref(),
+                        r.from_cidr_set.as_deref(),
+                        r.authentication.is_some(),
+                    )
+                })
+                .collect(),
+            true,
+        ),
+        (
+            "egress",
+            rule.egress
+                .iter()
+                .flatten()
+                .map(|r| {
+                    (
+                        r.to_ports.as_deref(),
+                        r.to_cidr_set.as_deref(),
+                        r.authentication.is_some(),
+                    )
+                })
+                .collect(),
+            false,
+        ),
+        (
+            "egressDeny",
+            rule.egress_deny
+                .iter()
+                .flatten()
+                .map(|r| {
+                    (
+                        r.to_ports.as_deref(),
+                        r.to_cidr_set.as_deref(),
+                        r.authentication.is_some(),
+                    )
+                })
+                .collect(),
+            true,
+        ),
+    ];
+    for (field, rules, deny) in lists {
+        for (i, (ports, cidr_sets, auth)) in rules.into_iter().enumerate() {
+            let here = format!("{path}.{field}[{i}]");
+            if deny && auth {
+                out.push(problem(
+                    &here,
+                    "`authentication` is not allowed in deny rules",
+                    "authentication",
+                ));
+            }
+            for (j, set) in cidr_sets.unwrap_or_default().iter().enumerate() {
+                check_cidr_set(&format!("{here}.CIDRSet[{j}]"), set, out);
+            }
+            for (j, pr) in ports.unwrap_or_default().iter().enumerate() {
+                check_port_rule(&format!("{here}.toPorts[{j}]"), pr, deny, out);
+            }
+        }
+    }
+    if let (Some(egress_deny), true) = (&rule.egress_deny, true) {
+        for (i, r) in egress_deny.iter().enumerate() {
+            if r.to_fqdns.is_some() {
+                out.push(problem(
+                    &format!("{path}.egressDeny[{i}]"),
+                    "`toFQDNs` is not allowed in deny rules",
+                    "toFQDNs",
+                ));
+            }
+        }
+    }
+}
+
+fn check_cidr_set(path: &str, set: &CidrRule, out: &mut Vec<Problem>) {
+    let given = [
+        set.cidr.is_some(),
+        set.cidr_group_ref.is_some(),
+        set.cidr_group_selector.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        out.push(problem(
+            path,
+            "expected exactly one of `cidr`, `cidrGroupRef`, `cidrGroupSelector`",
+            "CIDRSet",
+        ));
+    }
+    if let Some(cidr) = &set.cidr {
+        for ex in &set.except {
+            if !cidr.contains_prefix(ex) && cidr.as_v4().is_some() {
+                out.push(problem(
+                    path,
+                    format!("except `{ex}` is not inside cidr `{cidr}`"),
+                    ex.to_string().split('/').next().unwrap_or(""),
+                ));
+            }
+        }
+    }
+}
+
+fn check_port_rule(path: &str, pr: &PortRule, deny: bool, out: &mut Vec<Problem>) {
+    for (k, p) in pr.ports.iter().enumerate() {
+        if let (Some((start, _)), Some(end)) = (p.range(), p.end_port) {
+            if end != 0 && start != 0 && end < start {
+                out.push(problem(
+                    &format!("{path}.ports[{k}]"),
+                    format!("endPort {end} is below port {start}"),
+                    "endPort",
+                ));
+            }
+        }
+    }
+    let Some(rules) = &pr.rules else { return };
+    if deny {
+        out.push(problem(
+            path,
+            "L7 `rules` are not allowed in deny rules",
+            "rules",
+        ));
+        return;
+    }
+    let kinds = [
+        rules.http.is_some(),
+        rules.kafka.is_some(),
+        rules.dns.is_some(),
+        rules.l7proto.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        out.push(problem(
+            path,
+            "`rules` may hold only one of `http`, `kafka`, `dns`, `l7proto`",
+            "rules",
+        ));
+    }
+    if rules.l7.is_some() && rules.l7proto.is_none() {
+        out.push(problem(path, "`rules.l7` needs `l7proto`", "l7"));
+    }
+    if pr.ports.is_empty() || pr.ports.iter().any(|p| p.range() == Some((0, 0))) {
+        out.push(problem(
+            path,
+            "L7 rules need a specific port (not empty, not 0)",
+            "rules",
+        ));
+    }
+    if rules.http.is_some() && pr.ports.iter().any(|p| p.protocol == super::Protocol::Udp) {
+        out.push(problem(
+            path,
+            "HTTP rules need TCP (or ANY), not UDP",
+            "rules",
+        ));
+    }
+    for (k, d) in rules.dns.iter().flatten().enumerate() {
+        if d.match_name.is_some() == d.match_pattern.is_some() {
+            out.push(problem(
+                &format!("{path}.rules.dns[{k}]"),
+                "expected exactly one of `matchName`, `matchPattern`",
+                "dns",
+            ));
+        }
+    }
+}
