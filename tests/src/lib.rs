@@ -1,3 +1,192 @@
 //! End-to-end tests live in `tests/tests/*.rs`; they run the real `cnpilot`
 //! binary against a real network-namespace lab. This library only holds the
 //! helpers they share.
+//!
+//! Which binary: `$CNPILOT_BIN` when set (CI may point it at a prebuilt
+//! one); otherwise the helpers run `cargo build -p cnpilot --bin cnpilot` once
+//! per test process (a no-op when it is up to date, so the tests never run
+//! a stale binary) and use `<target dir>/debug/cnpilot`, where the target dir
+//! is `$CARGO_TARGET_DIR` or the workspace's `target/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_path_buf()
+}
+
+/// The `cnpilot` binary under test, built if needed.
+pub fn cnpilot_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CNPILOT_BIN").filter(|b| !b.is_empty()) {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "cnpilot", "--bin", "cnpilot"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("running cargo build -p cnpilot");
+        assert!(status.success(), "cargo build -p cnpilot failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        let bin = target.join("debug").join("cnpilot");
+        assert!(bin.exists(), "{} missing after cargo build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A lab prefix no other test (or test process) uses: `t` + 4 hex + counter.
+pub fn unique_prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "t{:04x}{:x}",
+        (std::process::id() ^ nanos) & 0xffff,
+        n % 256
+    )
+}
+
+/// One test's lab: its own prefix and state directory; `lab down` on drop,
+/// so a failing test leaves nothing behind.
+pub struct Lab {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        Lab {
+            prefix: unique_prefix(),
+            dir: tempfile::Builder::new()
+                .prefix("cnpilot-lab-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    /// `cnpilot ARGS…` with this lab's prefix and directory.
+    pub fn cnpilot(&self, args: &[&str]) -> Output {
+        let out = Command::new(cnpilot_bin())
+            .args(args)
+            .env("CNPILOT_LAB_PREFIX", &self.prefix)
+            .env("CNPILOT_LAB_DIR", self.dir.path())
+            .output()
+            .expect("running cnpilot");
+        eprintln!(
+            "$ cnpilot {} -> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.path().join("state.json")
+    }
+
+    pub fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.state_path()).expect("state.json");
+        serde_json::from_str(&text).expect("state.json is JSON")
+    }
+
+    /// What of this lab is still on the machine (empty when all is gone).
+    pub fn leftovers(&self) -> Vec<String> {
+        let ns_prefix = format!("{}-", self.prefix);
+        let mut left = Vec::new();
+        for dir in ["/run/netns", "/etc/netns"] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&ns_prefix) {
+                        left.push(format!("{dir}/{name}"));
+                    }
+                }
+            }
+        }
+        for pid in lab_server_pids(&self.prefix) {
+            left.push(format!("process {pid}"));
+        }
+        // Veths live inside the lab's namespaces; none may ever show up here.
+        let links = Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .expect("ip link");
+        for line in String::from_utf8_lossy(&links.stdout).lines() {
+            if line.contains(&format!(" {}v", self.prefix))
+                || line.contains(&format!(" {}up0", self.prefix))
+            {
+                left.push(format!("link {line}"));
+            }
+        }
+        for f in ["state.json", "inventory.json", "logs", "ready"] {
+            if self.dir.path().join(f).exists() {
+                left.push(format!("{}/{f}", self.dir.path().display()));
+            }
+        }
+        left
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Lab::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(cnpilot_bin())
+            .args(["lab", "down", "--prefix", &self.prefix])
+            .env("CNPILOT_LAB_DIR", self.dir.path())
+            .output();
+    }
+}
+
+/// Live `cnpilot lab serve --prefix PREFIX` processes.
+pub fn lab_server_pids(prefix: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let serve = args.windows(2).any(|w| w[0] == "lab" && w[1] == "serve");
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == "--prefix" && w[1] == prefix);
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if serve && ours && !zombie {
+            pids.push(pid);
+        }
+    }
+    pids
+}
