@@ -1,24 +1,285 @@
+//! `cnpilot agent`, `cnpilot mode`, `cnpilot record`: load the datapath,
+//! attach it to every lab pod, fill its maps, stream its events.
+
+mod events;
+mod inventory;
+mod policy;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Args;
+use cnpilot_bpf::maps::{identity, verdict, EndpointValue, IpcacheValue, IPCACHE_F_LOCAL_ENDPOINT};
+use cnpilot_bpf::{Datapath, IpcacheEntry, Mode, Tables, DEFAULT_PIN_DIR};
 
 use crate::Outcome;
+pub use inventory::ns_id;
 
 #[derive(Debug, Args)]
-pub struct AgentArgs {}
-
-#[derive(Debug, Args)]
-pub struct ModeArgs {}
-
-#[derive(Debug, Args)]
-pub struct RecordArgs {}
-
-pub fn run_agent(_args: AgentArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("agent is not implemented yet")
+pub struct AgentArgs {
+    /// Directory of CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy YAML files.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Mode for every namespace. Without it, namespaces keep their pinned
+    /// mode and new ones start in audit.
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// bpffs directory for cnpilot's pinned maps and links.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Where flow events go, as JSON lines: a file, or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    pub events: String,
+    /// Print only would-drop and drop events.
+    #[arg(long)]
+    pub drops_only: bool,
+    /// The lab's state directory.
+    #[arg(long, env = "CNPILOT_LAB_DIR", default_value = inventory::DEFAULT_LAB_DIR)]
+    pub lab_dir: PathBuf,
+    /// Detach from every interface, remove every pin, and exit (enforcement stops).
+    #[arg(long)]
+    pub down: bool,
 }
 
-pub fn run_mode(_args: ModeArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("mode is not implemented yet")
+#[derive(Debug, Args)]
+pub struct ModeArgs {
+    /// The Kubernetes namespace to flip.
+    #[arg(short = 'n', long)]
+    pub namespace: String,
+    /// off, audit or enforce; without it, print the current mode.
+    pub mode: Option<Mode>,
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
-pub fn run_record(_args: RecordArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("record is not implemented yet")
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// How long to record: `30s`, `5m`, `1h`.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Duration,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+pub fn run_agent(args: AgentArgs) -> anyhow::Result<Outcome> {
+    if args.down {
+        cnpilot_bpf::unpin_all(&args.pin_dir)?;
+        eprintln!("cnpilot: detached and unpinned {}", args.pin_dir.display());
+        return Ok(Outcome::Success);
+    }
+    run(args, None)
+}
+
+pub fn run_record(args: RecordArgs) -> anyhow::Result<Outcome> {
+    run(args.agent, Some(args.duration))
+}
+
+pub fn run_mode(args: ModeArgs) -> anyhow::Result<Outcome> {
+    let mut tables = Tables::open_pinned(&args.pin_dir)?;
+    let id = ns_id(&args.namespace);
+    match args.mode {
+        None => println!("{}: {}", args.namespace, tables.mode(id)?),
+        Some(mode) => {
+            let old = tables.set_mode(id, mode)?;
+            println!("{}: {old} -> {mode}", args.namespace);
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
+    let inv = inventory::Inventory::from_lab(&args.lab_dir)?;
+    let entries = match &args.policies {
+        Some(dir) => policy::compile(dir, &inv)?,
+        None => policy::none(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let _in_runtime = rt.enter();
+
+    let mut dp = Datapath::load_or_open(&args.pin_dir)?;
+    program_maps(&mut dp, &inv, &entries, args.mode)?;
+    for pod in &inv.pods {
+        dp.attach(Some(&inv.node_netns), &pod.host_veth)
+            .with_context(|| {
+                format!(
+                    "attaching to {} ({}/{})",
+                    pod.host_veth, pod.namespace, pod.name
+                )
+            })?;
+    }
+    let mut reader = dp.events()?;
+    eprintln!(
+        "cnpilot agent: {} pods attached, {} policy entries, {} namespaces; pinned under {}",
+        inv.pods.len(),
+        entries.policy.len(),
+        inv.namespaces.len(),
+        args.pin_dir.display()
+    );
+    for (ns, _) in &inv.namespaces {
+        eprintln!("  {ns}: {}", dp.tables().mode(ns_id(ns))?);
+    }
+
+    let mut out: Box<dyn Write> = if args.events == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(&args.events)
+                .with_context(|| format!("creating {}", args.events))?,
+        ))
+    };
+    let (mut seen, mut drops) = (0u64, 0u64);
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let deadline = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                batch = reader.next_batch() => {
+                    for ev in batch? {
+                        seen += 1;
+                        let dropped = ev.verdict == verdict::WOULD_DROP || ev.verdict == verdict::DROPPED;
+                        drops += u64::from(dropped);
+                        if args.drops_only && !dropped {
+                            continue;
+                        }
+                        serde_json::to_writer(&mut out, &events::line(&ev, &inv))?;
+                        out.write_all(b"\n")?;
+                    }
+                    out.flush()?;
+                }
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = &mut deadline => break,
+            }
+        }
+        Ok(())
+    });
+    result?;
+    out.flush()?;
+    let flows = dp.tables().read_counters()?;
+    eprintln!(
+        "cnpilot agent: stopping; {seen} events ({drops} would-drop/drop), {} flows counted; \
+         programs stay attached and pinned (`cnpilot agent --down` removes them)",
+        flows.len()
+    );
+    Ok(if drops > 0 && duration.is_some() {
+        Outcome::Finding
+    } else {
+        Outcome::Success
+    })
+}
+
+/// Endpoints, ipcache, policy, subjects, modes. Policy is written before
+/// subjects so a newly selected identity has its allows before it becomes
+/// default-deny.
+fn program_maps(
+    dp: &mut Datapath,
+    inv: &inventory::Inventory,
+    entries: &policy::MapEntries,
+    mode: Option<Mode>,
+) -> anyhow::Result<()> {
+    let t = dp.tables_mut();
+    let mut ipcache = vec![IpcacheEntry {
+        addr: inv.node_ip,
+        prefix_len: 32,
+        value: IpcacheValue {
+            identity: identity::HOST,
+            flags: 0,
+        },
+    }];
+    for pod in &inv.pods {
+        t.upsert_endpoint(
+            pod.host_ifindex,
+            EndpointValue {
+                identity: pod.identity,
+                ns_id: pod.ns_id,
+                addr: u32::from(pod.ip).to_be(),
+                flags: 0,
+            },
+        )?;
+        ipcache.push(IpcacheEntry {
+            addr: pod.ip,
+            prefix_len: 32,
+            value: IpcacheValue {
+                identity: pod.identity,
+                flags: IPCACHE_F_LOCAL_ENDPOINT,
+            },
+        });
+    }
+    // Policy CIDRs first, pods' /32s override them (same key = later wins).
+    let mut all: Vec<IpcacheEntry> = entries.ipcache.clone();
+    for e in ipcache {
+        all.retain(|x| !(x.addr == e.addr && x.prefix_len == e.prefix_len));
+        all.push(e);
+    }
+    t.set_ipcache(&all)?;
+    t.replace_policy(entries.policy.iter().copied())?;
+    t.replace_subjects(entries.subjects.iter().copied())?;
+    for ns in inv.namespaces.keys() {
+        let id = ns_id(ns);
+        let current = t
+            .modes()?
+            .into_iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, m)| m);
+        match (mode, current) {
+            (Some(m), _) => {
+                t.set_mode(id, m)?;
+            }
+            (None, None) => {
+                t.set_mode(id, Mode::Audit)?;
+            }
+            (None, Some(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 5m, 1h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("`{s}`: a duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_nonsense() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("").is_err());
+    }
 }
