@@ -233,6 +233,3 @@ fn pick_pod(entries: &[PodEntry], at_ns: i64) -> Option<&PodEntry> {
         .or_else(|| entries.iter().find(|e| !e.terminated))
         .or_else(|| entries.iter().max_by_key(|e| e.started_ns))
 }
-
-#[cfg(test)]
-mod tests;
