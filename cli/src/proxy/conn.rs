@@ -167,6 +167,22 @@ async fn relay_response(
                 Ok(_) => {}
             }
         };
+        // A response that is already all here goes out in one write (one
+        // segment to the client instead of two).
+        if let BodyFraming::Length(n) = head.framing {
+            let whole = head
+                .head_len
+                .saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
+            if up_buf.len() >= whole {
+                let bytes = up_buf.split_to(whole);
+                client.write_all(&bytes).await.map_err(|_| true)?;
+                return Ok(ResponseOutcome {
+                    status: head.status,
+                    close: head.close,
+                    upgraded: false,
+                });
+            }
+        }
         let head_bytes = up_buf.split_to(head.head_len);
         client.write_all(&head_bytes).await.map_err(|_| true)?;
         started = true;
@@ -318,10 +334,12 @@ impl Connection {
     /// Returns whether the connection stays open for another request.
     async fn serve_request(&mut self, head: &RequestHead) -> bool {
         let mode = self.mode();
+        let envoy_path = head.target.origin_form();
         let view = HttpRequestView {
             method: &head.method,
             path: &head.target.path,
             query: head.target.query.as_deref(),
+            envoy_path: &envoy_path,
             host: head.host.as_deref(),
             headers: &head.headers,
         };

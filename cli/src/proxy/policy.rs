@@ -40,20 +40,14 @@ pub struct HttpRequestView<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// What Envoy calls `:path` and Cilium's `path` regex is matched
+    /// against: `path` plus `?query` when there is one.
+    pub envoy_path: &'a str,
     pub host: Option<&'a str>,
     pub headers: &'a [(String, String)],
 }
 
 impl HttpRequestView<'_> {
-    /// What Envoy calls `:path` and Cilium's `path` regex is matched
-    /// against: the path plus `?query` when there is one.
-    pub fn envoy_path(&self) -> String {
-        match self.query {
-            Some(q) => format!("{}?{}", self.path, q),
-            None => self.path.to_string(),
-        }
-    }
-
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -153,7 +147,7 @@ impl HttpRule {
         if self
             .path
             .as_ref()
-            .is_some_and(|p| !p.is_match(&req.envoy_path()))
+            .is_some_and(|p| !p.is_match(req.envoy_path))
         {
             return false;
         }

@@ -508,10 +508,15 @@ fn rules_are_anchored_case_sensitive_and_match_the_query() {
         ("x-tenant".to_string(), "a".to_string()),
         ("x-trace".to_string(), "1".to_string()),
     ];
-    let view = |method, path, query| HttpRequestView {
+    let view = |method, path: &'static str, query: Option<&'static str>| HttpRequestView {
         method,
         path,
         query,
+        envoy_path: Box::leak(
+            query
+                .map_or(path.to_string(), |q| format!("{path}?{q}"))
+                .into_boxed_str(),
+        ),
         host: Some("payments"),
         headers: &headers,
     };
@@ -534,6 +539,7 @@ fn rules_are_anchored_case_sensitive_and_match_the_query() {
         L7Decision::Deny { .. }
     ));
     assert_eq!(v.header("X-TENANT"), Some("a"));
+    assert_eq!((v.path, v.query), ("/api/v1/charges", None));
 }
 
 #[test]
@@ -584,9 +590,18 @@ fn bench_between_namespaces_reports_both_paths() {
     ) {
         return;
     }
+    // CNPILOT_L7_BENCH_SECS / _CONNS make this the full bench (`--nocapture`).
+    let secs: f64 = std::env::var("CNPILOT_L7_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.5);
+    let connections = std::env::var("CNPILOT_L7_BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let report = super::bench::run_l7_bench(super::bench::L7BenchOptions {
-        connections: 2,
-        duration: Duration::from_millis(500),
+        connections,
+        duration: Duration::from_secs_f64(secs),
     })
     .unwrap();
     eprintln!("{}", report.render());
