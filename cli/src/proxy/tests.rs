@@ -612,3 +612,26 @@ fn bench_between_namespaces_reports_both_paths() {
     assert_eq!(report.proxied.non_200, 0);
     assert!(report.ratio() > 0.0);
 }
+
+/// The HTTP flows of `seed-payments-l7` in `policy-cases/seed.yaml` (the
+/// L3/L4 ones never reach the proxy: the kernel decides them).
+#[tokio::test]
+async fn seed_payments_cases_over_real_http() {
+    const FINANCE: u8 = 4;
+    let h = harness(true).await;
+    let cases: [(u8, &str, &str, u16); 7] = [
+        (FRONTEND, "GET", "/api/v1/charges", 200),
+        (FRONTEND, "POST", "/api/v1/charges", 200),
+        (FRONTEND, "POST", "/api/v1/refunds", 403),
+        (ANALYTICS, "GET", "/api/v1/charges", 200),
+        (ANALYTICS, "POST", "/api/v1/charges", 403),
+        (FINANCE, "POST", "/api/v1/refunds", 200),
+        (FINANCE, "GET", "/api/v1/charges", 403),
+    ];
+    for (src, method, path, want) in cases {
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: payments-api.payments:8080\r\n\r\n");
+        let got = h.exchange(src, req.as_bytes(), 1).await;
+        assert_eq!(statuses(&got), [want], "127.0.0.{src} {method} {path}");
+    }
+    assert_eq!(h.seen().len(), 4);
+}
