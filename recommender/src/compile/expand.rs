@@ -126,7 +126,7 @@ pub(super) fn compile(
             .enumerate()
             .map(|(i, r)| (format!("specs[{i}]"), r));
         for (path, rule) in spec_paths.chain(specs_paths) {
-            let subjects = subjects_of(rule, ns.as_deref(), identities, node_labels.as_ref());
+            let subjects = subjects_of(rule, ns.as_deref(), &universe, node_labels.as_ref());
             if subjects.is_empty() {
                 continue;
             }
@@ -166,18 +166,13 @@ fn rule_ref(loaded: &LoadedPolicy, path: String, unmodelled: Vec<&'static str>) 
     }
 }
 
-fn subjects_of(
-    rule: &Rule,
-    ns: Option<&str>,
-    identities: &[IdentityInput],
-    node: Option<&LabelSet>,
-) -> Vec<u32> {
+fn subjects_of(rule: &Rule, ns: Option<&str>, u: &Universe, node: Option<&LabelSet>) -> Vec<u32> {
     if let Some(sel) = &rule.endpoint_selector {
         let s = Selector::subject(sel, ns);
-        identities
+        u.ids
             .iter()
-            .filter(|i| s.matches(&LabelSet::for_pod(&i.namespace, &i.labels)))
-            .map(|i| i.id)
+            .filter(|(id, labels, _)| u.pods.contains(id) && s.matches(labels))
+            .map(|(id, _, _)| *id)
             .collect()
     } else if let (Some(sel), Some(node)) = (&rule.node_selector, node) {
         if Selector::new(sel).matches(node) {

@@ -38,7 +38,7 @@ pub enum LoadError {
 pub struct LoadedPolicy {
     pub policy: CiliumPolicy,
     pub file: String,
-    /// 1-based line of the document's first line.
+    /// 1-based line of the document's first content line.
     pub line: usize,
 }
 
@@ -195,7 +195,7 @@ pub fn load_str_at(text: &str, file: &str, first_line: usize) -> Result<PolicySe
                     set.policies.push(LoadedPolicy {
                         policy,
                         file: file.to_string(),
-                        line: doc.start_line,
+                        line: first_content_line(&doc),
                     });
                 } else {
                     errors.extend(
@@ -213,6 +213,17 @@ pub fn load_str_at(text: &str, file: &str, first_line: usize) -> Result<PolicySe
     } else {
         Err(LoadError::Invalid(errors))
     }
+}
+
+/// The document's first line with content (not a marker, blank or comment).
+fn first_content_line(doc: &DocText) -> usize {
+    doc.lines
+        .iter()
+        .position(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#') && t != "---"
+        })
+        .map_or(doc.start_line, |i| doc.start_line + i)
 }
 
 fn error_line(e: &serde_yaml::Error, doc: &DocText) -> usize {

@@ -1,0 +1,192 @@
+//! Loader errors name the file, the line and what was expected.
+
+use cnpilot_recommender::model::{load_paths, load_str, Diagnostic, LoadError};
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match load_str(text, "in.yaml") {
+        Err(LoadError::Invalid(d)) => d,
+        other => panic!("expected invalid input, got {other:?}"),
+    }
+}
+
+fn one_error(text: &str) -> Diagnostic {
+    let mut d = errors(text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    d.remove(0)
+}
+
+const HEAD: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  endpointSelector: {}\n";
+
+#[test]
+fn unknown_field_lists_valid_fields() {
+    let d = one_error(&format!(
+        "{HEAD}  ingress:\n  - fromEndpoint:\n    - {{}}\n"
+    ));
+    assert_eq!(d.line, 9);
+    assert!(
+        d.message.contains("unknown field `fromEndpoint`") && d.message.contains("`fromEndpoints`"),
+        "{}",
+        d.message
+    );
+    assert!(d.to_string().starts_with("in.yaml:9: "));
+}
+
+#[test]
+fn typo_in_spec_is_an_error() {
+    let d = one_error(&format!("{HEAD}  ingres:\n  - {{}}\n"));
+    assert_eq!(d.line, 8);
+    assert!(d.message.contains("`ingress`"), "{}", d.message);
+}
+
+#[test]
+fn invalid_cidr_port_operator_and_regex() {
+    let cidr = one_error(&format!(
+        "{HEAD}  egress:\n  - toCIDR:\n    - 10.0.0.0/33\n"
+    ));
+    assert_eq!(cidr.line, 10);
+    assert!(
+        cidr.message.contains("invalid CIDR `10.0.0.0/33`"),
+        "{}",
+        cidr.message
+    );
+    let garbage = one_error(&format!(
+        "{HEAD}  egress:\n  - toCIDRSet:\n    - cidr: not-an-ip\n"
+    ));
+    assert!(
+        garbage.message.contains("invalid CIDR"),
+        "{}",
+        garbage.message
+    );
+    let port = one_error(&format!(
+        "{HEAD}  egress:\n  - toPorts:\n    - ports:\n      - port: \"70000\"\n"
+    ));
+    assert_eq!(port.line, 11);
+    assert!(port.message.contains("out of range"), "{}", port.message);
+    let name = one_error(&format!(
+        "{HEAD}  egress:\n  - toPorts:\n    - ports:\n      - port: \"http_api!\"\n"
+    ));
+    assert!(name.message.contains("invalid port"), "{}", name.message);
+    let op = one_error("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector:\n    matchExpressions:\n    - {key: a, operator: Equals, values: [b]}\n  ingress: [{}]\n");
+    assert_eq!(op.line, 7);
+    assert!(
+        op.message
+            .contains("`In`, `NotIn`, `Exists`, `DoesNotExist`"),
+        "{}",
+        op.message
+    );
+    let values = one_error("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector:\n    matchExpressions:\n    - {key: a, operator: In}\n  ingress: [{}]\n");
+    assert!(
+        values.message.contains("non-empty `values`"),
+        "{}",
+        values.message
+    );
+    let re = one_error(&format!("{HEAD}  ingress:\n  - toPorts:\n    - ports: [{{port: \"80\"}}]\n      rules:\n        http:\n        - path: \"/a([\"\n"));
+    assert_eq!(re.line, 13);
+    assert!(
+        re.message.contains("invalid regular expression"),
+        "{}",
+        re.message
+    );
+}
+
+#[test]
+fn wrong_kind_and_version() {
+    let kind =
+        one_error("apiVersion: cilium.io/v2\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}\n");
+    assert_eq!(kind.line, 2);
+    assert!(
+        kind.message.contains("CiliumClusterwideNetworkPolicy"),
+        "{}",
+        kind.message
+    );
+    let version = one_error(
+        "apiVersion: networking.k8s.io/v1\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\n",
+    );
+    assert!(
+        version.message.contains("cilium.io/v2"),
+        "{}",
+        version.message
+    );
+}
+
+#[test]
+fn cross_field_checks_point_at_the_field() {
+    let endport = one_error(&format!(
+        "{HEAD}  egress:\n  - toPorts:\n    - ports:\n      - {{port: \"90\", endPort: 80}}\n"
+    ));
+    assert_eq!(endport.line, 11);
+    assert!(
+        endport.message.contains("endPort 80 is below port 90"),
+        "{}",
+        endport.message
+    );
+    let except = one_error(&format!(
+        "{HEAD}  egress:\n  - toCIDRSet:\n    - cidr: 10.0.0.0/8\n      except: [192.0.2.0/24]\n"
+    ));
+    assert_eq!(except.line, 11);
+    let l7deny = one_error(&format!("{HEAD}  ingressDeny:\n  - toPorts:\n    - ports: [{{port: \"80\"}}]\n      rules: {{http: [{{method: GET}}]}}\n"));
+    assert!(
+        l7deny.message.contains("not allowed in deny rules"),
+        "{}",
+        l7deny.message
+    );
+    let node = one_error("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  nodeSelector: {}\n  ingress: [{}]\n");
+    assert!(
+        node.message
+            .contains("only allowed in a CiliumClusterwideNetworkPolicy"),
+        "{}",
+        node.message
+    );
+    let nothing = one_error("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {}\n");
+    assert!(
+        nothing.message.contains("at least one of"),
+        "{}",
+        nothing.message
+    );
+}
+
+#[test]
+fn multi_document_lines_are_file_lines() {
+    let text = format!("# comment\n---\n{HEAD}  ingress: [{{}}]\n---\n{HEAD}  egress:\n  - toCIDR: [300.1.1.1/8]\n---\n");
+    let d = one_error(&text);
+    assert_eq!(d.line, 20, "{d}");
+}
+
+#[test]
+fn every_error_of_every_document_is_reported() {
+    let text = format!("{HEAD}  ingres: []\n---\n{HEAD}  egres: []\n");
+    let d = errors(&text);
+    assert_eq!(d.iter().map(|d| d.line).collect::<Vec<_>>(), vec![8, 17]);
+}
+
+#[test]
+fn directories_load_recursively_and_sorted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        format!("{HEAD}  ingress: [{{}}]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sub/a.yml"),
+        format!("{HEAD}  egress: [{{}}]\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
+    let set = load_paths(&[dir.path()]).unwrap();
+    assert_eq!(set.policies.len(), 2);
+    assert!(set.policies[0].file.ends_with("b.yaml"));
+    let missing = load_paths(&[dir.path().join("nope.yaml")]).unwrap_err();
+    assert!(matches!(missing, LoadError::Io { .. }));
+}
+
+#[test]
+fn empty_documents_and_integer_ports_are_accepted() {
+    let text = format!(
+        "---\n# nothing\n---\n{HEAD}  ingress:\n  - toPorts:\n    - ports: [{{port: 8080}}]\n---\n"
+    );
+    let set = load_str(&text, "x.yaml").unwrap();
+    assert_eq!(set.policies.len(), 1);
+    assert_eq!(set.policies[0].line, 4);
+}

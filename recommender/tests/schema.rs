@@ -1,0 +1,130 @@
+//! Serialized policies validate against the CRD schemas and parse back to
+//! the same model.
+
+use cnpilot_recommender::cases::load_case_paths;
+use cnpilot_recommender::model::{load_paths, load_str, CiliumPolicy, PolicyKind};
+
+const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
+
+fn schema(kind: PolicyKind) -> jsonschema::Validator {
+    let file = match kind {
+        PolicyKind::CiliumNetworkPolicy => "ciliumnetworkpolicy_v2.json",
+        PolicyKind::CiliumClusterwideNetworkPolicy => "ciliumclusterwidenetworkpolicy_v2.json",
+    };
+    let text = std::fs::read_to_string(format!("{SHARED}/crds/{file}")).unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+fn all_policies() -> Vec<CiliumPolicy> {
+    let mut out: Vec<CiliumPolicy> = load_paths(&[format!("{SHARED}/seed/policies")])
+        .unwrap()
+        .policies
+        .into_iter()
+        .map(|p| p.policy)
+        .collect();
+    let cases = load_case_paths(&[
+        format!("{SHARED}/policy-cases"),
+        format!("{}/cases", env!("CARGO_MANIFEST_DIR")),
+    ])
+    .unwrap();
+    for file in cases {
+        for case in file.cases {
+            out.extend(
+                load_str(&case.policies, &case.id)
+                    .unwrap()
+                    .policies
+                    .into_iter()
+                    .map(|p| p.policy),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn serialized_policies_validate_against_the_crd_schemas() {
+    let cnp = schema(PolicyKind::CiliumNetworkPolicy);
+    let ccnp = schema(PolicyKind::CiliumClusterwideNetworkPolicy);
+    let policies = all_policies();
+    assert!(policies.len() > 50, "only {} policies", policies.len());
+    for policy in policies {
+        let yaml = serde_yaml::to_string(&policy).unwrap();
+        let instance: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let validator = if policy.kind == PolicyKind::CiliumNetworkPolicy {
+            &cnp
+        } else {
+            &ccnp
+        };
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} does not validate:\n{}\n---\n{yaml}",
+            policy.metadata.name,
+            errors.join("\n")
+        );
+        let again: CiliumPolicy = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(again, policy, "round trip changed {}", policy.metadata.name);
+    }
+}
+
+#[test]
+fn the_schema_check_catches_a_broken_document() {
+    // Guards the test above against a validator that accepts everything.
+    let cnp = schema(PolicyKind::CiliumNetworkPolicy);
+    let bad = serde_json::json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "x"},
+        "spec": {"endpointSelector": {}, "ingress": [{"fromEndpoint": [{}]}]}});
+    assert!(!cnp.is_valid(&bad));
+}
+
+#[test]
+fn unmodelled_fields_round_trip_and_validate() {
+    let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: ns}
+spec:
+  endpointSelector: {}
+  egress:
+  - toFQDNs:
+    - matchName: api.example.com
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+      serverNames: [api.example.com]
+  - toServices:
+    - k8sService: {serviceName: db, namespace: ns}
+  - toEndpoints: [{}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - {role: produce, topic: events}
+    authentication: {mode: required}
+"#;
+    let set = load_str(text, "fqdn.yaml").unwrap();
+    let names: Vec<&str> = set.warnings.iter().map(|w| w.message.as_str()).collect();
+    for field in [
+        "toFQDNs",
+        "toServices",
+        "kafka",
+        "serverNames",
+        "authentication",
+    ] {
+        assert!(
+            names.iter().any(|m| m.contains(field)),
+            "no warning for {field}: {names:?}"
+        );
+    }
+    let fqdn = set
+        .warnings
+        .iter()
+        .find(|w| w.message.contains("toFQDNs"))
+        .unwrap();
+    assert_eq!(fqdn.line, 8);
+    let policy = &set.policies[0].policy;
+    let instance: serde_json::Value =
+        serde_yaml::from_str(&serde_yaml::to_string(policy).unwrap()).unwrap();
+    assert!(schema(PolicyKind::CiliumNetworkPolicy).is_valid(&instance));
+}
