@@ -63,7 +63,7 @@ pub struct FlowSummary {
     pub bytes: u64,
     pub first_seen_ns: i64,
     pub last_seen_ns: i64,
-    /// Connections per verdict.
+    /// Records (observations) per verdict.
     pub verdicts: BTreeMap<String, u64>,
     pub nodes: BTreeSet<String>,
     /// Raw distinct paths behind the template (evidence), capped.
@@ -259,7 +259,7 @@ pub fn fold(df: &DataFrame) -> PolarsResult<FlowTable> {
         row.bytes += bytes.get(i).unwrap_or_default();
         row.first_seen_ns = row.first_seen_ns.min(first.get(i).unwrap_or(i64::MAX));
         row.last_seen_ns = row.last_seen_ns.max(last.get(i).unwrap_or(i64::MIN));
-        *row.verdicts.entry(s(&verdict, i)).or_default() += n;
+        *row.verdicts.entry(s(&verdict, i)).or_default() += records.get(i).unwrap_or_default();
         row.nodes.insert(s(&node, i));
         if let Some(p) = raw_path {
             if row.paths.len() < MAX_EVIDENCE_PATHS {
@@ -363,4 +363,22 @@ pub fn parse_since(text: &str, now_ns: i64) -> Result<i64, String> {
         _ => return Err(expected()),
     };
     Ok(now_ns - number.saturating_mul(seconds).saturating_mul(1_000_000_000))
+}
+
+/// Unix ns as RFC 3339 UTC with seconds (`2026-01-02T10:00:00Z`).
+pub fn format_time(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl FlowTable {
+    /// Write the table as one Parquet file.
+    pub fn write_parquet(&self, path: &std::path::Path) -> Result<(), LearnError> {
+        let mut df = self.to_frame()?;
+        let file = std::fs::File::create(path).map_err(|e| StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        ParquetWriter::new(file).finish(&mut df)?;
+        Ok(())
+    }
 }

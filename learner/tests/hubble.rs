@@ -234,7 +234,7 @@ fn import_into_a_store_and_read_back() {
     assert_eq!(summary.inputs, 4);
     let stored = store::read_all(dir.path()).unwrap();
     assert_eq!(stored.len() as u64, summary.records);
-    let total: u64 = inputs.iter().map(|i| i.len().unwrap()).sum();
+    let total: u64 = inputs.iter().map(|i| i.size().unwrap()).sum();
     assert_eq!(bytes.load(std::sync::atomic::Ordering::Relaxed), total);
 }
 

@@ -1,20 +1,248 @@
-use clap::{Args, Subcommand};
+//! `cnpilot import hubble` and `cnpilot learn`: thin wrappers over
+//! `cnpilot_learner::{hubble, aggregate}`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use cnpilot_learner::aggregate::{self, format_time, FlowSummary, FlowTable, LearnOptions};
+use cnpilot_learner::hubble::{self, ImportSummary, Input};
+use cnpilot_learner::record::proto_name;
+use cnpilot_learner::FlowStore;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Outcome;
 
+/// Inputs at least this large (in total) get a progress bar.
+const PROGRESS_MIN_BYTES: u64 = 16 << 20;
+
 #[derive(Debug, Subcommand)]
 pub enum ImportCommand {
-    /// Hubble flow exports.
-    Hubble {},
+    /// Hubble flows: `hubble observe -o json` / `-o jsonpb` output (also the
+    /// legacy bare-flow json) and Hubble exporter files, plain or gzip.
+    /// Lines that are not usable flows (replies, node_status, malformed JSON
+    /// …) are counted per reason and skipped. Exits 0 when anything was
+    /// imported, 2 when nothing was.
+    Hubble(ImportHubbleArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct LearnArgs {}
-
-pub fn run_import(_cmd: ImportCommand) -> anyhow::Result<Outcome> {
-    anyhow::bail!("import is not implemented yet")
+pub struct ImportHubbleArgs {
+    /// Files to read; `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<String>,
+    /// Flow store directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Summary format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: SummaryFormat,
 }
 
-pub fn run_learn(_args: LearnArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("learn is not implemented yet")
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SummaryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LearnFormat {
+    Table,
+    Json,
+    Parquet,
+}
+
+#[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// Flow store directory; repeat to read several nodes' stores together.
+    #[arg(long, required = true, value_name = "DIR")]
+    store: Vec<PathBuf>,
+    /// Only flows seen since this time: RFC 3339 (`2026-01-02T10:00:00Z`)
+    /// or a duration back from now (`30m`, `2h`, `7d`).
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    /// Output: a table for people, JSON rows, or a Parquet file (`--out`).
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: LearnFormat,
+    /// File to write with `-o parquet`.
+    #[arg(long, value_name = "FILE", required_if_eq("output", "parquet"))]
+    out: Option<PathBuf>,
+}
+
+pub fn run_import(cmd: ImportCommand) -> anyhow::Result<Outcome> {
+    let ImportCommand::Hubble(args) = cmd;
+    let inputs: Vec<Input> = args.files.iter().map(|f| Input::parse(f)).collect();
+    for input in &inputs {
+        if let Input::File(path) = input {
+            if !path.is_file() {
+                bail!("{}: no such file", path.display());
+            }
+        }
+    }
+    let total: u64 = inputs.iter().filter_map(Input::size).sum();
+    let bar = if total >= PROGRESS_MIN_BYTES {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut store = FlowStore::open(&args.store)
+        .with_context(|| format!("opening flow store {}", args.store.display()))?;
+    let progress = bar.clone();
+    let summary = hubble::import(&inputs, &mut store, Arc::new(move |n| progress.inc(n)))?;
+    store.close()?;
+    bar.finish_and_clear();
+    match args.output {
+        SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        SummaryFormat::Text => print_import_summary(&summary, &args.store),
+    }
+    if summary.records == 0 {
+        bail!(
+            "no usable flow in {} line(s) of {} input(s) ({} skipped)",
+            summary.lines,
+            summary.inputs,
+            summary.skipped_total()
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+fn print_import_summary(summary: &ImportSummary, store: &std::path::Path) {
+    println!(
+        "imported {} flow record(s) ({} new connection(s)/request(s)) from {} line(s) of {} input(s) into {}",
+        summary.records,
+        summary.connections,
+        summary.lines,
+        summary.inputs,
+        store.display()
+    );
+    if !summary.skipped.is_empty() {
+        println!("skipped {} line(s):", summary.skipped_total());
+        let mut reasons: Vec<_> = summary.skipped.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (reason, n) in reasons {
+            println!("  {n:>8}  {reason}");
+        }
+    }
+}
+
+pub fn run_learn(args: LearnArgs) -> anyhow::Result<Outcome> {
+    for dir in &args.store {
+        if !dir.is_dir() {
+            bail!("{}: no such flow store directory", dir.display());
+        }
+    }
+    let since_ns = match &args.since {
+        Some(text) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
+            Some(aggregate::parse_since(text, now).map_err(|e| anyhow::anyhow!("--since {e}"))?)
+        }
+        None => None,
+    };
+    let table = aggregate::learn(&args.store, &LearnOptions { since_ns })?;
+    for (path, reason) in &table.scan.skipped {
+        eprintln!(
+            "cnpilot: warning: skipped unreadable segment {}: {reason}",
+            path.display()
+        );
+    }
+    match args.output {
+        LearnFormat::Json => println!("{}", serde_json::to_string_pretty(&table.rows)?),
+        LearnFormat::Parquet => {
+            let out = args.out.context("-o parquet needs --out FILE")?;
+            table
+                .write_parquet(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} row(s) to {}", table.rows.len(), out.display());
+        }
+        LearnFormat::Table => print_table(&table),
+    }
+    Ok(Outcome::Success)
+}
+
+fn peer_name(namespace: &str, workload: &str, identity: u32) -> String {
+    match (namespace.is_empty(), workload.is_empty()) {
+        (false, _) => format!("{namespace}/{workload}"),
+        (true, false) => workload.to_string(),
+        (true, true) => format!("identity:{identity}"),
+    }
+}
+
+fn row_cells(r: &FlowSummary) -> [String; 8] {
+    let dst = if r.dst_peer.contains('/') {
+        format!("{} {}", r.dst_workload, r.dst_peer)
+    } else {
+        peer_name(&r.dst_namespace, &r.dst_workload, r.dst_identity)
+    };
+    let l7 = match (&r.l7_protocol, &r.l7_method, &r.path_template) {
+        (Some(_), Some(m), Some(p)) => format!("{m} {p}"),
+        (Some(proto), Some(m), None) => format!("{proto} {m}"),
+        (Some(proto), None, _) => proto.clone(),
+        _ => "-".into(),
+    };
+    let verdicts = r
+        .verdicts
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    [
+        format!(
+            "{} ({})",
+            peer_name(&r.src_namespace, &r.src_workload, r.src_identity),
+            r.src_identity
+        ),
+        format!("{} ({})", dst, r.dst_identity),
+        format!("{}/{}", proto_name(r.proto), r.dst_port),
+        l7,
+        r.connections.to_string(),
+        verdicts,
+        r.nodes.len().to_string(),
+        format_time(r.last_seen_ns),
+    ]
+}
+
+fn print_table(table: &FlowTable) {
+    let header = [
+        "SOURCE",
+        "DESTINATION",
+        "PORT",
+        "L7",
+        "CONNS",
+        "VERDICTS",
+        "NODES",
+        "LAST SEEN",
+    ]
+    .map(String::from);
+    let rows: Vec<[String; 8]> = table.rows.iter().map(row_cells).collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    println!(
+        "{} row(s) from {} record(s) in {} segment(s); {} row(s) with drops or would-drops",
+        table.rows.len(),
+        table.scan.rows,
+        table.scan.segments,
+        table.would_drops()
+    );
 }
