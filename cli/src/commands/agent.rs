@@ -121,7 +121,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         inv.namespaces.len(),
         args.pin_dir.display()
     );
-    for (ns, _) in &inv.namespaces {
+    for ns in inv.namespaces.keys() {
         eprintln!("  {ns}: {}", dp.tables().mode(ns_id(ns))?);
     }
 

@@ -1,0 +1,126 @@
+//! The measurements: iperf3 throughput, a TCP connect loop, a UDP flood.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cnpilot_bpf::netns;
+
+use super::topo::{Topo, ADDR_A, ADDR_B};
+
+pub const IPERF_PORT: u16 = 5201;
+pub const CONN_PORT: u16 = 5300;
+
+/// iperf3 TCP from A to B for `secs`, in Gbit/s (receiver side).
+pub fn throughput(topo: &Topo, secs: u32) -> anyhow::Result<f64> {
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.pod_b,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &ADDR_B.to_string(),
+        ])
+        .args(["-p", &IPERF_PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s (is iperf3 installed? scripts/deps.sh)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.pod_a,
+            "iperf3",
+            "-J",
+            "-c",
+            &ADDR_B.to_string(),
+        ])
+        .args(["-p", &IPERF_PORT.to_string(), "-t", &secs.to_string()])
+        .output()
+        .context("running iperf3 -c");
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    if let Some(err) = json.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3: {err}");
+    }
+    json.pointer("/end/sum_received/bits_per_second")
+        .and_then(|v| v.as_f64())
+        .map(|bps| bps / 1e9)
+        .context("iperf3 -J output has no end.sum_received.bits_per_second")
+}
+
+/// New TCP connections per second from A to B (connect, server closes, done).
+pub fn connection_rate(topo: &Topo, window: Duration) -> anyhow::Result<f64> {
+    let listener = netns::run_in(&topo.netns(&topo.pod_b), || {
+        TcpListener::bind((ADDR_B, CONN_PORT))
+    })??;
+    let stop = Arc::new(AtomicBool::new(false));
+    listener.set_nonblocking(true)?;
+    let server_stop = stop.clone();
+    let server = std::thread::spawn(move || {
+        while !server_stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => drop(conn), // server closes first: TIME_WAIT stays on B
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(_) => break,
+            }
+        }
+    });
+    let to = SocketAddr::from((ADDR_B, CONN_PORT));
+    let result = netns::run_in(&topo.netns(&topo.pod_a), || {
+        let start = Instant::now();
+        let mut n = 0u64;
+        let mut failures = 0u64;
+        while start.elapsed() < window {
+            match TcpStream::connect_timeout(&to, Duration::from_millis(500)) {
+                Ok(mut s) => {
+                    let mut buf = [0u8; 1];
+                    let _ = s.read(&mut buf);
+                    n += 1;
+                }
+                Err(_) => failures += 1,
+            }
+        }
+        (n, failures, start.elapsed())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    let (n, failures, elapsed) = result?;
+    if n == 0 {
+        bail!("no connection succeeded ({failures} failed)");
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// Sends one UDP packet to each of `flows` distinct ports of B (paced so the
+/// veth backlog drops nothing); returns how many sends succeeded.
+pub fn udp_flood(topo: &Topo, first_port: u16, flows: u16) -> anyhow::Result<u32> {
+    let sent = netns::run_in(&topo.netns(&topo.pod_a), || -> std::io::Result<u32> {
+        let s = UdpSocket::bind((ADDR_A, 0))?;
+        let mut sent = 0;
+        for i in 0..flows {
+            if s.send_to(b"x", (ADDR_B, first_port.wrapping_add(i)))
+                .is_ok()
+            {
+                sent += 1;
+            }
+            if i % 200 == 199 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(sent)
+    })??;
+    Ok(sent)
+}
