@@ -91,9 +91,10 @@ impl Labels {
         labels
     }
 
-    /// Canonical one-line form, `k=v;k2=v2` (Kubernetes label keys and values
-    /// never contain `;` or `=` in the value... keys cannot contain `=`), used
-    /// as the store column and as the hash input of the allocator.
+    /// Canonical one-line form, `k=v;k2=v2` (`reserved:world` without `=`
+    /// when the value is empty), used as the store column and as the hash
+    /// input of the allocator. Kubernetes label keys and values cannot
+    /// contain `;` or `=`, so the form is unambiguous.
     pub fn to_canonical(&self) -> String {
         let mut out = String::new();
         for (i, (key, value)) in self.0.iter().enumerate() {

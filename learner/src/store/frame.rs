@@ -13,23 +13,43 @@ fn opt_ip(ip: &Option<IpAddr>) -> Option<String> {
 
 /// Build a frame in the exact column order of [`crate::record::store_schema`].
 pub fn records_to_frame(records: &[FlowRecord]) -> PolarsResult<DataFrame> {
+    refs_to_frame(&records.iter().collect::<Vec<_>>())
+}
+
+pub(crate) fn refs_to_frame(records: &[&FlowRecord]) -> PolarsResult<DataFrame> {
     let n = records.len();
     let col_i64 = |name: &str, f: &dyn Fn(&FlowRecord) -> i64| {
-        Column::new(name.into(), records.iter().map(f).collect::<Vec<i64>>())
+        Column::new(
+            name.into(),
+            records.iter().copied().map(f).collect::<Vec<i64>>(),
+        )
     };
     let col_u32 = |name: &str, f: &dyn Fn(&FlowRecord) -> u32| {
-        Column::new(name.into(), records.iter().map(f).collect::<Vec<u32>>())
+        Column::new(
+            name.into(),
+            records.iter().copied().map(f).collect::<Vec<u32>>(),
+        )
     };
     let col_u64 = |name: &str, f: &dyn Fn(&FlowRecord) -> u64| {
-        Column::new(name.into(), records.iter().map(f).collect::<Vec<u64>>())
+        Column::new(
+            name.into(),
+            records.iter().copied().map(f).collect::<Vec<u64>>(),
+        )
     };
     let col_str = |name: &str, f: &dyn Fn(&FlowRecord) -> String| {
-        Column::new(name.into(), records.iter().map(f).collect::<Vec<String>>())
+        Column::new(
+            name.into(),
+            records.iter().copied().map(f).collect::<Vec<String>>(),
+        )
     };
     let col_opt_str = |name: &str, f: &dyn Fn(&FlowRecord) -> Option<String>| {
         Column::new(
             name.into(),
-            records.iter().map(f).collect::<Vec<Option<String>>>(),
+            records
+                .iter()
+                .copied()
+                .map(f)
+                .collect::<Vec<Option<String>>>(),
         )
     };
     let l7_str = |f: fn(&L7) -> Option<String>| move |r: &FlowRecord| r.l7.as_ref().and_then(f);

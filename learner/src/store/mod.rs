@@ -191,15 +191,23 @@ pub fn hour_of(ns: i64) -> String {
 }
 
 fn write_segments(dir: &Path, seq: u64, records: &[FlowRecord]) -> Result<(), StoreError> {
-    let mut partitions: BTreeMap<(String, String), Vec<FlowRecord>> = BTreeMap::new();
+    let mut partitions: BTreeMap<(String, String), Vec<&FlowRecord>> = BTreeMap::new();
+    // Consecutive records mostly share node and hour: reuse the last key.
+    let mut last: Option<(&str, i64, (String, String))> = None;
     for record in records {
-        partitions
-            .entry((
-                partition_value(&record.node),
-                hour_of(record.window_start_ns),
-            ))
-            .or_default()
-            .push(record.clone());
+        let hour_start = record.window_start_ns.div_euclid(3_600_000_000_000);
+        let key = match &last {
+            Some((node, hour, key)) if *node == record.node && *hour == hour_start => key.clone(),
+            _ => {
+                let key = (
+                    partition_value(&record.node),
+                    hour_of(record.window_start_ns),
+                );
+                last = Some((&record.node, hour_start, key.clone()));
+                key
+            }
+        };
+        partitions.entry(key).or_default().push(record);
     }
     for ((node, hour), part) in partitions {
         let part_dir = dir
@@ -208,7 +216,7 @@ fn write_segments(dir: &Path, seq: u64, records: &[FlowRecord]) -> Result<(), St
         fs::create_dir_all(&part_dir).map_err(|e| StoreError::io(&part_dir, e))?;
         let final_path = part_dir.join(format!("seg-{seq:010}.parquet"));
         let tmp_path = part_dir.join(format!(".seg-{seq:010}.parquet.tmp"));
-        let mut df = records_to_frame(&part).map_err(|e| StoreError::polars(&final_path, e))?;
+        let mut df = frame::refs_to_frame(&part).map_err(|e| StoreError::polars(&final_path, e))?;
         let file = File::create(&tmp_path).map_err(|e| StoreError::io(&tmp_path, e))?;
         let mut out = BufWriter::new(file);
         ParquetWriter::new(&mut out)
