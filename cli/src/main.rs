@@ -61,6 +61,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    if cli.command.prints_to_a_pipe() {
+        restore_default_sigpipe();
+    }
     let result = match cli.command {
         Command::Demo(args) => commands::demo::run(args),
         Command::Policy(cmd) => commands::policy::run(cmd),
@@ -79,6 +82,27 @@ fn main() -> ExitCode {
             eprintln!("cnpilot: error: {err:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+impl Command {
+    /// Short-lived commands that print data: `cnpilot … | head` must end
+    /// quietly when `head` closes the pipe, as any Unix filter does. The
+    /// long-running ones (agent, lab servers, proxy) keep Rust's default of
+    /// ignoring SIGPIPE so a closed socket is an error, not a death.
+    fn prints_to_a_pipe(&self) -> bool {
+        matches!(
+            self,
+            Command::Policy(_) | Command::Learn(_) | Command::Mode(_) | Command::Import(_)
+        )
+    }
+}
+
+fn restore_default_sigpipe() {
+    // SAFETY: resetting a signal disposition to its default before any other
+    // thread exists has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
