@@ -258,3 +258,63 @@ fn bad_scenario_is_a_clear_error_with_file_and_line() {
     );
     assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn remote_node_pods_reach_the_first_node_across_the_node_link() {
+    if !privileged_tests_enabled("remote_node_pods_reach_the_first_node_across_the_node_link") {
+        return;
+    }
+    let lab = Lab::new();
+    assert_eq!(
+        lab.cnpilot(&["lab", "up", "--scenario", "two-nodes"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let state = lab.state();
+    let remote = &state["remoteNodes"][0];
+    assert_eq!(remote["netns"], format!("{}-node2", lab.prefix));
+    assert_eq!(remote["ip"], "198.18.255.2");
+    let web = state["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["workload"] == "web")
+        .unwrap();
+    assert_eq!(web["node"], remote["name"], "web runs on node 2");
+    let out = lab.cnpilot(&[
+        "lab",
+        "exec",
+        "shop/web",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        "http://api.shop:8080/orders",
+    ]);
+    assert_eq!(stdout(&out), "200");
+    // The hostNetwork exporter on node 2 answers with node 2's address.
+    let out = lab.cnpilot(&[
+        "lab",
+        "exec",
+        "monitoring/prometheus",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        "http://198.18.255.2:9100/metrics",
+    ]);
+    assert_eq!(stdout(&out), "200");
+    assert_eq!(lab.cnpilot(&["lab", "down"]).status.code(), Some(0));
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}

@@ -44,7 +44,7 @@ pub fn inventory(lab: &LabState) -> Value {
                 "creationTimestamp": created,
             },
             "spec": {
-                "nodeName": lab.node.name,
+                "nodeName": pod.node,
                 "hostNetwork": pod.host_network,
                 "serviceAccountName": "default",
                 "containers": [{"name": pod.workload, "image": "cnpilot-lab", "ports": ports}],
@@ -53,7 +53,7 @@ pub fn inventory(lab: &LabState) -> Value {
                 "phase": "Running",
                 "podIP": pod.ip.to_string(),
                 "podIPs": [{"ip": pod.ip.to_string()}],
-                "hostIP": lab.node.ip.to_string(),
+                "hostIP": node_ip(lab, &pod.node).to_string(),
             },
         }));
     }
@@ -70,27 +70,39 @@ pub fn inventory(lab: &LabState) -> Value {
             "status": {"phase": "Active"},
         }));
     }
-    items.push(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": lab.node.name,
-            "labels": {
-                "kubernetes.io/hostname": lab.node.name,
-                "kubernetes.io/os": "linux",
-                "node-role.kubernetes.io/control-plane": "",
+    let nodes = std::iter::once((&lab.node.name, lab.node.ip, true))
+        .chain(lab.remote_nodes.iter().map(|n| (&n.name, n.ip, false)));
+    for (name, ip, control_plane) in nodes {
+        let mut labels = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"});
+        if control_plane {
+            labels["node-role.kubernetes.io/control-plane"] = json!("");
+        }
+        items.push(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "uid": uid(&format!("node/{name}")),
+                "creationTimestamp": created,
             },
-            "uid": uid(&format!("node/{}", lab.node.name)),
-            "creationTimestamp": created,
-        },
-        "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": lab.node.ip.to_string()},
-                {"type": "Hostname", "address": lab.node.name},
-            ],
-        },
-    }));
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": ip.to_string()},
+                    {"type": "Hostname", "address": name},
+                ],
+            },
+        }));
+    }
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
+}
+
+fn node_ip(lab: &LabState, node: &str) -> std::net::Ipv4Addr {
+    lab.remote_nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| n.ip)
+        .unwrap_or(lab.node.ip)
 }
 
 /// A stable UUID-shaped id: the same lab gives the same uids.

@@ -41,7 +41,7 @@ pub struct LabLocation {
 pub enum LabCommand {
     /// Build the lab cluster: node, pods, veths, routes, servers, DNS.
     Up {
-        /// `seed` (built in: the article's cluster) or a scenario YAML file.
+        /// `seed` (built in: the article's cluster), `two-nodes` (built in), or a scenario YAML file.
         #[arg(long, default_value = "seed")]
         scenario: String,
         /// First part of every netns and veth name (1-8 lowercase letters/digits).
@@ -132,7 +132,9 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<Outcome> {
                 state::state_path(&location.lab_dir).display(),
                 state::inventory_path(&location.lab_dir).display()
             );
-            println!("try: cnpilot lab exec web/frontend-app -- curl -s -X POST http://payments-api.payments:8080/api/v1/charges");
+            if lab.scenario.name == "seed" {
+                println!("try: cnpilot lab exec web/frontend-app -- curl -s -X POST http://payments-api.payments:8080/api/v1/charges");
+            }
             Ok(Outcome::Success)
         }
         LabCommand::Down {

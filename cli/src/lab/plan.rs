@@ -13,7 +13,8 @@ use std::net::Ipv4Addr;
 
 use super::scenario::{Scenario, WorkloadKind};
 use super::state::{
-    LabState, NamespaceState, NodeState, PodState, ServerState, WorldState, STATE_VERSION,
+    LabState, NamespaceState, NodeState, PodState, RemoteNodeState, ServerState, WorldState,
+    STATE_VERSION,
 };
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 1);
@@ -47,6 +48,19 @@ pub fn node_netns(prefix: &str) -> String {
     format!("{prefix}-node")
 }
 
+/// Node n (1-based) of a lab: `<p>-node`, `<p>-node2`, …
+pub fn node_netns_n(prefix: &str, n: u8) -> String {
+    if n <= 1 {
+        node_netns(prefix)
+    } else {
+        format!("{prefix}-node{n}")
+    }
+}
+
+pub fn node_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 255, n.max(1))
+}
+
 pub fn world_netns(prefix: &str) -> String {
     format!("{prefix}-world")
 }
@@ -65,6 +79,17 @@ pub fn plan(scenario: &Scenario, prefix: &str) -> Result<LabState, PlanError> {
         uplink: format!("{prefix}up0"),
         uplink_ifindex: None,
     };
+    let remote_nodes: Vec<RemoteNodeState> = (2..=scenario.nodes)
+        .map(|n| RemoteNodeState {
+            name: node_netns_n(prefix, n),
+            netns: node_netns_n(prefix, n),
+            ip: node_ip(n),
+            link: format!("{prefix}n1"),
+            link_ifindex: None,
+            node_link: format!("{prefix}n{n}"),
+            node_link_ifindex: None,
+        })
+        .collect();
     let mut pods = Vec::new();
     let mut veths = BTreeSet::new();
     for (ns_index, ns) in scenario.namespaces.iter().enumerate() {
@@ -110,8 +135,9 @@ pub fn plan(scenario: &Scenario, prefix: &str) -> Result<LabState, PlanError> {
                         kind: s.kind,
                     })
                     .collect();
+                let node_name = node_netns_n(prefix, w.node);
                 let (ip, netns, host_veth) = if w.host_network {
-                    (NODE_IP, node.netns.clone(), None)
+                    (node_ip(w.node), node_name.clone(), None)
                 } else {
                     // Validation keeps namespaces <= 250 and pods per namespace <= 240.
                     let ip = Ipv4Addr::new(198, 18, (ns_index + 1) as u8, next_host);
@@ -131,6 +157,7 @@ pub fn plan(scenario: &Scenario, prefix: &str) -> Result<LabState, PlanError> {
                     workload: w.name.clone(),
                     name,
                     replica,
+                    node: node_name,
                     labels,
                     ip,
                     netns,
@@ -176,6 +203,7 @@ pub fn plan(scenario: &Scenario, prefix: &str) -> Result<LabState, PlanError> {
         created_unix: 0,
         scenario: scenario.clone(),
         node,
+        remote_nodes,
         world: WorldState {
             netns: world_netns(prefix),
             addresses: scenario.world.iter().map(|h| h.address).collect(),
@@ -268,6 +296,7 @@ mod tests {
             .filter_map(|p| p.host_veth.as_ref())
             .all(|v| v.len() <= 15));
         assert!(lab.node.uplink.len() <= 15);
+        assert!(format!("abcdefghn{}", crate::lab::scenario::MAX_NODES).len() <= 15);
         assert!(plan(&s, "abcdefghi").is_err());
         assert!(plan(&s, "Cnp").is_err());
         assert!(plan(&s, "cn-p").is_err());

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// The scenario built into the binary: the article's cluster.
 pub const SEED_YAML: &str = include_str!("../../scenarios/seed.yaml");
+/// A second, remote node: `--scenario two-nodes`.
+pub const TWO_NODES_YAML: &str = include_str!("../../scenarios/two-nodes.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -47,7 +49,18 @@ pub struct Scenario {
     /// Hosts outside the cluster (198.19.0.0/16), served by the `world` netns.
     #[serde(default)]
     pub world: Vec<WorldHost>,
+    /// How many node netns: node 1 routes to the world, nodes 2.. stand in
+    /// for remote nodes (their IPs are Cilium's `remote-node`).
+    #[serde(default = "one_node")]
+    pub nodes: u8,
 }
+
+fn one_node() -> u8 {
+    1
+}
+
+/// The most nodes a lab builds (node IPs are 198.18.255.1..=8).
+pub const MAX_NODES: u8 = 8;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -82,6 +95,9 @@ pub struct Workload {
     /// Runs in the node's network namespace, with the node's address.
     #[serde(default)]
     pub host_network: bool,
+    /// Which node (1-based) the pods run on.
+    #[serde(default = "one_node")]
+    pub node: u8,
     #[serde(default)]
     pub servers: Vec<Server>,
     #[serde(default)]
@@ -218,8 +234,10 @@ impl Target {
 impl Scenario {
     /// `seed` (built in) or a path to a YAML file.
     pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
-        if name_or_path == "seed" {
-            return Scenario::parse(SEED_YAML, "seed (built in)");
+        match name_or_path {
+            "seed" => return Scenario::parse(SEED_YAML, "seed (built in)"),
+            "two-nodes" => return Scenario::parse(TWO_NODES_YAML, "two-nodes (built in)"),
+            _ => {}
         }
         let text = std::fs::read_to_string(name_or_path).map_err(|source| ScenarioError::Read {
             file: name_or_path.to_string(),
@@ -293,6 +311,12 @@ impl Scenario {
                 "at most 250 namespaces fit the lab's 198.18.0.0/16".into(),
             ));
         }
+        if self.nodes == 0 || self.nodes > MAX_NODES {
+            return Err((
+                Some(format!("nodes: {}", self.nodes)),
+                format!("nodes must be 1-{MAX_NODES}"),
+            ));
+        }
         let mut workloads = BTreeSet::new();
         let mut host_ports = BTreeSet::new();
         for w in &self.workloads {
@@ -332,13 +356,22 @@ impl Scenario {
                     ),
                 ));
             }
+            if w.node == 0 || w.node > self.nodes {
+                return Err((
+                    Some(format!("node: {}", w.node)),
+                    format!(
+                        "workload `{}/{}`: node {} does not exist (the scenario has nodes: {})",
+                        w.namespace, w.name, w.node, self.nodes
+                    ),
+                ));
+            }
             check_servers(
                 &w.servers,
                 &format!("workload `{}/{}`", w.namespace, w.name),
             )?;
             if w.host_network {
                 for s in &w.servers {
-                    if !host_ports.insert((s.port, s.protocol)) {
+                    if !host_ports.insert((w.node, s.port, s.protocol)) {
                         return Err((
                             Some(format!("port: {}", s.port)),
                             format!(
@@ -530,6 +563,18 @@ mod tests {
         assert!(s.workload("payments", "payments-api").is_some());
         assert!(s.workload("kube-system", "kube-dns").is_some());
         assert!(s.workloads.iter().any(|w| w.host_network));
+        let two = Scenario::load("two-nodes").unwrap();
+        assert_eq!(two.nodes, 2);
+    }
+
+    #[test]
+    fn node_out_of_range_is_rejected() {
+        let yaml = "name: x\nnamespaces:\n  - name: a\nworkloads:\n  - name: w\n    namespace: a\n    node: 3\n";
+        let err = Scenario::parse(yaml, "n.yaml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("n.yaml:7:") && err.contains("node 3"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,12 +10,16 @@
 //! lab.node.ip;               // 198.18.255.1: the node (host identity); on the node's `lo`
 //! lab.node.uplink;           // "cnpup0": the node's link to the world (host firewall)
 //! lab.node.uplink_ifindex;   // its ifindex inside the node netns
+//! lab.remote_nodes;          // nodes 2.. when the scenario asks (`nodes: 2`): netns
+//!                            // "cnp-node2", IP 198.18.255.2 (remote-node), link "cnpn2"
+//!                            // in cnp-node <-> "cnpn1" in cnp-node2
 //! for pod in &lab.pods {
 //!     pod.namespace; pod.workload; pod.name; pod.labels;  // k8s metadata (no io.cilium.* labels)
-//!     pod.ip;                // 198.18.<ns>.<n>, or the node IP when host_network
-//!     pod.netns;             // "cnp-<ns>-<workload>-<i>" (the node netns when host_network)
-//!     pod.host_veth;         // Some("cnpv1a2b3c4d") in the node netns; None when host_network
-//!     pod.host_ifindex;      // Some(ifindex of host_veth inside the node netns)
+//!     pod.node;              // node name = its netns ("cnp-node" unless on a remote node)
+//!     pod.ip;                // 198.18.<ns>.<n>, or its node's IP when host_network
+//!     pod.netns;             // "cnp-<ns>-<workload>-<i>" (its node's netns when host_network)
+//!     pod.host_veth;         // Some("cnpv1a2b3c4d") in pod.node's netns; None when host_network
+//!     pod.host_ifindex;      // Some(ifindex of host_veth inside pod.node's netns)
 //!     pod.pod_ifindex;       // Some(ifindex of eth0 inside the pod netns)
 //!     pod.host_network; pod.server_pid; pod.servers;
 //! }
@@ -78,6 +82,9 @@ pub struct LabState {
     pub created_unix: u64,
     pub scenario: Scenario,
     pub node: NodeState,
+    /// Nodes 2.. (empty unless the scenario has `nodes: N`), linked to `node`.
+    #[serde(default)]
+    pub remote_nodes: Vec<RemoteNodeState>,
     pub world: WorldState,
     pub dns_ip: Option<Ipv4Addr>,
     pub namespaces: Vec<NamespaceState>,
@@ -93,6 +100,21 @@ pub struct NodeState {
     pub ip: Ipv4Addr,
     pub uplink: String,
     pub uplink_ifindex: Option<u32>,
+}
+
+/// Another node: its own netns and IP; pods on it have their veths there.
+/// Traffic between it and `node` crosses `node_link` (in the node netns) /
+/// `link` (in this node's netns), like a tunnel between two Cilium nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteNodeState {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub link: String,
+    pub link_ifindex: Option<u32>,
+    pub node_link: String,
+    pub node_link_ifindex: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +140,8 @@ pub struct PodState {
     /// The Kubernetes pod name (`payments-api-7d9f8c6b5d-x2k4q`).
     pub name: String,
     pub replica: u32,
+    /// The Kubernetes node name, which is also that node's netns name.
+    pub node: String,
     pub labels: BTreeMap<String, String>,
     pub ip: Ipv4Addr,
     pub netns: String,
@@ -223,7 +247,7 @@ impl LabState {
         ips
     }
 
-    /// Every netns this lab made (pods, node, world), node last.
+    /// Every netns this lab made (pods, world, nodes), node last.
     pub fn netns_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .pods
@@ -232,6 +256,7 @@ impl LabState {
             .map(|p| p.netns.clone())
             .collect();
         names.push(self.world.netns.clone());
+        names.extend(self.remote_nodes.iter().map(|n| n.netns.clone()));
         names.push(self.node.netns.clone());
         names
     }

@@ -1,5 +1,6 @@
 //! `cnpilot lab up`: namespaces, veths, routes, servers, state; all or nothing.
 
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +11,7 @@ use anyhow::{bail, Context};
 use super::netns::{self, in_netns, ip_batch};
 use super::plan::{self, NODE_IP};
 use super::scenario::Scenario;
-use super::state::{self, LabState};
+use super::state::{self, LabState, RemoteNodeState};
 use super::{down, inventory};
 
 const WORLD_NET: &str = "198.19.0.0/16";
@@ -85,7 +86,10 @@ fn build(lab: &mut LabState, dir: &Path) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
     )?;
     configure_sysctls(lab, &all_netns)?;
-    ip_batch(Some(&lab.node.netns), &node_commands(lab))?;
+    ip_batch(Some(&lab.node.netns), &first_node_commands(lab))?;
+    for remote in &lab.remote_nodes {
+        ip_batch(Some(&remote.netns), &remote_node_commands(lab, remote))?;
+    }
     configure_pods(lab)?;
     lab.created_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -131,7 +135,8 @@ fn configure_sysctls(lab: &LabState, all_netns: &[String]) -> anyhow::Result<()>
         let jobs: Vec<_> = all_netns
             .iter()
             .map(|name| {
-                let is_node = *name == lab.node.netns;
+                let is_node =
+                    *name == lab.node.netns || lab.remote_nodes.iter().any(|r| r.netns == *name);
                 scope.spawn(move || {
                     in_netns(name, move || -> std::io::Result<()> {
                         // No IPv6 router solicitations or MLD: the datapath sees only the scenario's traffic.
@@ -152,12 +157,13 @@ fn configure_sysctls(lab: &LabState, all_netns: &[String]) -> anyhow::Result<()>
     })
 }
 
-fn node_commands(lab: &LabState) -> Vec<String> {
+/// `ip -n NODE` commands for one node: its IP, its pods' veths and /32 routes.
+fn node_commands(lab: &LabState, node: &str, ip: Ipv4Addr) -> Vec<String> {
     let mut cmds = vec![
         "link set lo up".to_string(),
-        format!("addr add {NODE_IP}/32 dev lo"),
+        format!("addr add {ip}/32 dev lo"),
     ];
-    for pod in &lab.pods {
+    for pod in lab.pods.iter().filter(|p| p.node == node) {
         let Some(veth) = &pod.host_veth else { continue };
         cmds.push(format!(
             "link add {veth} type veth peer name eth0 netns {}",
@@ -166,6 +172,13 @@ fn node_commands(lab: &LabState) -> Vec<String> {
         cmds.push(format!("link set {veth} up"));
         cmds.push(format!("route add {}/32 dev {veth} scope link", pod.ip));
     }
+    cmds
+}
+
+/// The first node also links the world and every remote node; a remote
+/// node's pods are reached through that node, as over a tunnel.
+fn first_node_commands(lab: &LabState) -> Vec<String> {
+    let mut cmds = node_commands(lab, &lab.node.name, NODE_IP);
     let up = &lab.node.uplink;
     cmds.push(format!(
         "link add {up} type veth peer name eth0 netns {}",
@@ -173,10 +186,39 @@ fn node_commands(lab: &LabState) -> Vec<String> {
     ));
     cmds.push(format!("link set {up} up"));
     cmds.push(format!("route add {WORLD_NET} dev {up} scope link"));
+    for remote in &lab.remote_nodes {
+        let link = &remote.node_link;
+        cmds.push(format!(
+            "link add {link} type veth peer name {} netns {}",
+            remote.link, remote.netns
+        ));
+        cmds.push(format!("link set {link} up"));
+        cmds.push(format!("route add {}/32 dev {link} scope link", remote.ip));
+        for pod in lab
+            .pods
+            .iter()
+            .filter(|p| p.node == remote.name && !p.host_network)
+        {
+            cmds.push(format!(
+                "route add {}/32 via {} dev {link} onlink",
+                pod.ip, remote.ip
+            ));
+        }
+    }
     cmds
 }
 
-fn endpoint_commands(addresses: &[std::net::Ipv4Addr]) -> Vec<String> {
+fn remote_node_commands(lab: &LabState, remote: &RemoteNodeState) -> Vec<String> {
+    let mut cmds = node_commands(lab, &remote.name, remote.ip);
+    cmds.push(format!("link set {} up", remote.link));
+    cmds.push(format!(
+        "route add default via {NODE_IP} dev {} onlink",
+        remote.link
+    ));
+    cmds
+}
+
+fn endpoint_commands(addresses: &[Ipv4Addr], gateway: Ipv4Addr) -> Vec<String> {
     let mut cmds = vec!["link set lo up".to_string()];
     cmds.extend(
         addresses
@@ -185,24 +227,36 @@ fn endpoint_commands(addresses: &[std::net::Ipv4Addr]) -> Vec<String> {
     );
     cmds.push("link set eth0 up".into());
     // On-link gateway: pods have a /32 and no subnet, as in Cilium.
-    cmds.push(format!("route add default via {NODE_IP} dev eth0 onlink"));
+    cmds.push(format!("route add default via {gateway} dev eth0 onlink"));
     cmds
 }
 
+fn node_ip_of(lab: &LabState, node: &str) -> Ipv4Addr {
+    lab.remote_nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| n.ip)
+        .unwrap_or(NODE_IP)
+}
+
 fn configure_pods(lab: &mut LabState) -> anyhow::Result<()> {
-    let mut endpoints: Vec<(String, Vec<std::net::Ipv4Addr>)> = lab
+    let mut endpoints: Vec<(String, Vec<Ipv4Addr>, Ipv4Addr)> = lab
         .pods
         .iter()
         .filter(|p| !p.host_network)
-        .map(|p| (p.netns.clone(), vec![p.ip]))
+        .map(|p| (p.netns.clone(), vec![p.ip], node_ip_of(lab, &p.node)))
         .collect();
-    endpoints.push((lab.world.netns.clone(), lab.world.addresses.clone()));
+    endpoints.push((
+        lab.world.netns.clone(),
+        lab.world.addresses.clone(),
+        NODE_IP,
+    ));
     let pod_ifindexes: Vec<Option<u32>> = std::thread::scope(|scope| {
         let jobs: Vec<_> = endpoints
             .iter()
-            .map(|(netns, addrs)| {
+            .map(|(netns, addrs, gateway)| {
                 scope.spawn(move || -> anyhow::Result<Option<u32>> {
-                    ip_batch(Some(netns), &endpoint_commands(addrs))?;
+                    ip_batch(Some(netns), &endpoint_commands(addrs, *gateway))?;
                     Ok(in_netns(netns, || netns::ifindex("eth0"))?)
                 })
             })
@@ -211,25 +265,50 @@ fn configure_pods(lab: &mut LabState) -> anyhow::Result<()> {
             .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
-    let veths: Vec<(usize, String)> = lab
-        .pods
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.host_veth.clone().map(|v| (i, v)))
-        .collect();
-    let uplink = lab.node.uplink.clone();
-    let (host_ifindexes, uplink_ifindex) = in_netns(&lab.node.netns, move || {
-        let host: Vec<(usize, Option<u32>)> =
-            veths.iter().map(|(i, v)| (*i, netns::ifindex(v))).collect();
-        (host, netns::ifindex(&uplink))
-    })?;
-    lab.node.uplink_ifindex = uplink_ifindex;
-    for (i, index) in host_ifindexes {
-        lab.pods[i].host_ifindex = index;
-    }
     let mut pod_ifindexes = pod_ifindexes.into_iter();
     for pod in lab.pods.iter_mut().filter(|p| !p.host_network) {
         pod.pod_ifindex = pod_ifindexes.next().flatten();
+    }
+    let mut nodes = vec![lab.node.name.clone()];
+    nodes.extend(lab.remote_nodes.iter().map(|n| n.name.clone()));
+    for node in nodes {
+        let veths: Vec<(usize, String)> = lab
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.node == node)
+            .filter_map(|(i, p)| p.host_veth.clone().map(|v| (i, v)))
+            .collect();
+        let links: Vec<String> = if node == lab.node.name {
+            std::iter::once(lab.node.uplink.clone())
+                .chain(lab.remote_nodes.iter().map(|r| r.node_link.clone()))
+                .collect()
+        } else {
+            lab.remote_nodes
+                .iter()
+                .filter(|r| r.name == node)
+                .map(|r| r.link.clone())
+                .collect()
+        };
+        let (host, link_indexes) = in_netns(&node, move || {
+            let host: Vec<(usize, Option<u32>)> =
+                veths.iter().map(|(i, v)| (*i, netns::ifindex(v))).collect();
+            (
+                host,
+                links.iter().map(|l| netns::ifindex(l)).collect::<Vec<_>>(),
+            )
+        })?;
+        for (i, index) in host {
+            lab.pods[i].host_ifindex = index;
+        }
+        if node == lab.node.name {
+            lab.node.uplink_ifindex = link_indexes.first().copied().flatten();
+            for (remote, index) in lab.remote_nodes.iter_mut().zip(link_indexes.iter().skip(1)) {
+                remote.node_link_ifindex = *index;
+            }
+        } else if let Some(remote) = lab.remote_nodes.iter_mut().find(|r| r.name == node) {
+            remote.link_ifindex = link_indexes.first().copied().flatten();
+        }
     }
     Ok(())
 }
