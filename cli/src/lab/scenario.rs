@@ -568,6 +568,18 @@ mod tests {
     }
 
     #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../scenarios/README.md");
+        let yaml = readme
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let s = Scenario::parse(yaml, "README.md").unwrap();
+        assert_eq!(s.workloads[0].clients.len(), 3);
+    }
+
+    #[test]
     fn node_out_of_range_is_rejected() {
         let yaml = "name: x\nnamespaces:\n  - name: a\nworkloads:\n  - name: w\n    namespace: a\n    node: 3\n";
         let err = Scenario::parse(yaml, "n.yaml").unwrap_err().to_string();
