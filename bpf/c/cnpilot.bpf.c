@@ -175,11 +175,54 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	return 0;
 }
 
-static __always_inline __u32 peer_identity(__u32 addr)
+static __always_inline struct ipcache_value *ipcache_lookup(__u32 addr)
 {
 	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
-	struct ipcache_value *v = bpf_map_lookup_elem(&cnp_ipcache, &k);
-	return v ? v->identity : CNP_ID_WORLD;
+	return bpf_map_lookup_elem(&cnp_ipcache, &k);
+}
+
+/* The client identity of a packet from the proxy's upstream socket, 0 when
+ * the packet does not carry the proxy's mark. */
+static __always_inline __u32 proxy_mark_identity(__u32 mark)
+{
+	if ((mark & CNP_MARK_MAGIC_MASK) != CNP_MARK_FROM_PROXY)
+		return 0;
+	return ((mark >> 16) & 0xFFFF) | ((mark & 0xFF) << 16);
+}
+
+/* Hands a TCP packet to the L7 proxy in this (the node's) namespace: the
+ * proxy's accepted socket for this very tuple if there is one, else its
+ * listener on proxy_port; the mark routes it locally (ip rule + `local`
+ * route, set up by the agent). 0 when assigned. */
+static __always_inline int to_proxy(struct __sk_buff *skb, struct packet *p, __u16 proxy_port)
+{
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->saddr;
+	t.ipv4.daddr = p->daddr;
+	t.ipv4.sport = bpf_htons(p->sport);
+	t.ipv4.dport = bpf_htons(p->dport);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+		/* A node-namespace listener on the pod's port is not the proxy. */
+		bpf_sk_release(sk);
+		sk = NULL;
+	}
+	if (!sk) {
+		t.ipv4.dport = bpf_htons(proxy_port);
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -1;
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			return -1;
+		}
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -1;
+	skb->mark = CNP_MARK_TO_PROXY;
+	return 0;
 }
 
 struct decision {
@@ -307,6 +350,25 @@ static __always_inline __u8 denied_verdict(__u32 mode)
 	return mode == CNP_MODE_ENFORCE ? CNP_VERDICT_DROPPED : CNP_VERDICT_WOULD_DROP;
 }
 
+/* What a passing packet of a connection with L7 rules needs. At the
+ * client's veth (pod egress) it goes to the proxy; at the server's veth a
+ * forward packet that still needs the proxy did not come through it (no
+ * proxy listening): in enforce that is a drop, since L7 rules cannot be
+ * checked (fail closed). Replies always pass. */
+static __always_inline int pass_redirect(struct __sk_buff *skb, struct packet *p, __u8 dir,
+					 int forward, __u16 proxy_port, __u32 mode)
+{
+	if (!forward || !proxy_port)
+		return TC_ACT_OK;
+	if (dir == CNP_DIR_EGRESS) {
+		/* On failure the packet goes on unproxied; the server's veth
+		 * then applies the rule above. */
+		to_proxy(skb, p, proxy_port);
+		return TC_ACT_OK;
+	}
+	return mode == CNP_MODE_ENFORCE ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct packet p;
@@ -353,49 +415,80 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			fk = rk;
 	}
 
+	/* The proxy's upstream leg leaves the node's namespace with the node's
+	 * address; its mark says which client it speaks for. */
+	__u32 proxied_for = dir == CNP_DIR_INGRESS ? proxy_mark_identity(skb->mark) : 0;
 	/* The peer is the far end of this packet; src/dst name the connection's
 	 * original direction, which is what the counters are keyed by. */
-	__u32 peer = peer_identity(dir == CNP_DIR_EGRESS ? p.daddr : p.saddr);
+	struct ipcache_value *far = ipcache_lookup(dir == CNP_DIR_EGRESS ? p.daddr : p.saddr);
+	__u32 peer = proxied_for ? proxied_for : (far ? far->identity : CNP_ID_WORLD);
 	__u32 src_id = fk.direction == CNP_DIR_EGRESS ? ep->identity : peer;
 	__u32 dst_id = fk.direction == CNP_DIR_EGRESS ? peer : ep->identity;
 
 	if (ct) {
-		int denied = ct->verdict == CNP_VERDICT_WOULD_DROP || ct->verdict == CNP_VERDICT_DROPPED;
-		if (denied) {
-			__u8 v = denied_verdict(mode);
+		__u8 v = ct->verdict;
+		if (v == CNP_VERDICT_WOULD_DROP || v == CNP_VERDICT_DROPPED) {
+			v = denied_verdict(mode);
 			if (ct->verdict != v)
 				ct->verdict = v; /* the mode flipped since the first packet */
-			count(&fk, skb->len, src_id, dst_id, ct, now);
-			if (v == CNP_VERDICT_DROPPED) {
-				emit(&fk, &p, src_id, dst_id, v, ct->reason, ct->rule_id, ns_id, now);
-				return TC_ACT_SHOT;
-			}
-			return TC_ACT_OK;
 		}
 		count(&fk, skb->len, src_id, dst_id, ct, now);
-		/* L7 hook: CNP_VERDICT_REDIRECTED connections will be handed to the
-		 * proxy here (bpf_sk_assign) once it exists; until then they pass. */
-		return TC_ACT_OK;
+		if (v == CNP_VERDICT_DROPPED) {
+			emit(&fk, &p, src_id, dst_id, v, ct->reason, ct->rule_id, ns_id, now);
+			return TC_ACT_SHOT;
+		}
+		return pass_redirect(skb, &p, dir, fk.direction == dir, ct->proxy_port, mode);
 	}
 
 	struct decision d = {};
 	evaluate(ep->identity, dir, peer, &p, &d);
+	__u16 proxy_port = d.redirect ? d.proxy_port : 0;
+	__u32 rule_id = d.rule_id;
+	if (dir == CNP_DIR_EGRESS && p.proto == IPPROTO_TCP && far &&
+	    (far->flags & CNP_IPCACHE_F_LOCAL_ENDPOINT)) {
+		/* The destination's ingress rules may want the proxy too (L7
+		 * rules on a server): only here, on the client's side, can the
+		 * connection still be handed to a local socket. An L3/L4 deny
+		 * there stays in the kernel, at the destination's veth. */
+		struct decision di = {};
+		evaluate(far->identity, CNP_DIR_INGRESS, ep->identity, &p, &di);
+		if (di.denied) {
+			proxy_port = 0;
+		} else if (di.redirect && !proxy_port) {
+			proxy_port = di.proxy_port;
+			if (!d.redirect)
+				rule_id = di.rule_id;
+		}
+	}
+	/* The proxy already applied the L7 rules to its upstream leg; only TCP
+	 * goes through it. */
+	if (proxied_for || p.proto != IPPROTO_TCP)
+		proxy_port = 0;
 
 	struct ct_value n = {
 		.verdict = d.denied ? denied_verdict(mode)
-				    : (d.redirect ? CNP_VERDICT_REDIRECTED : CNP_VERDICT_FORWARDED),
+				    : (proxy_port ? CNP_VERDICT_REDIRECTED : CNP_VERDICT_FORWARDED),
 		.reason = d.denied ? d.reason : CNP_REASON_NONE,
-		.proxy_port = d.proxy_port,
-		.rule_id = d.rule_id,
+		.proxy_port = proxy_port,
+		.rule_id = d.denied ? d.rule_id : rule_id,
 		.created_ns = now,
 	};
+	int verdict_ok = n.verdict != CNP_VERDICT_DROPPED;
+	if (verdict_ok && dir == CNP_DIR_INGRESS && proxy_port && mode == CNP_MODE_ENFORCE) {
+		n.verdict = CNP_VERDICT_DROPPED;
+		n.reason = CNP_REASON_PROXY_BYPASSED;
+		/* Not kept in conntrack: once the proxy is up, the next
+		 * attempt of this connection goes through it. */
+		count(&fk, skb->len, src_id, dst_id, &n, now);
+		emit(&fk, &p, src_id, dst_id, n.verdict, n.reason, n.rule_id, ns_id, now);
+		return TC_ACT_SHOT;
+	}
 	bpf_map_update_elem(&cnp_conntrack, &fk, &n, BPF_ANY);
 	count(&fk, skb->len, src_id, dst_id, &n, now);
 	emit(&fk, &p, src_id, dst_id, n.verdict, n.reason, n.rule_id, ns_id, now);
-	if (n.verdict == CNP_VERDICT_DROPPED)
+	if (!verdict_ok)
 		return TC_ACT_SHOT;
-	/* L7 hook: see above (REDIRECTED passes for now). */
-	return TC_ACT_OK;
+	return pass_redirect(skb, &p, dir, 1, proxy_port, mode);
 }
 
 SEC("classifier")

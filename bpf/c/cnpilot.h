@@ -42,10 +42,25 @@
 #define CNP_VERDICT_DROPPED 2
 #define CNP_VERDICT_REDIRECTED 3
 
+/* skb->mark values of the L7 redirect (the nibble 0x0F00 says which kind,
+ * as in Cilium). TO_PROXY: set by cnp_from_pod on a packet it assigned to
+ * the proxy's socket; `ip rule fwmark 0x200/0xf00 lookup 2004` + a `local`
+ * route in table 2004 (node namespace only) deliver it locally.
+ * FROM_PROXY: the proxy's upstream sockets carry SO_MARK
+ * ((id & 0xFFFF) << 16) | 0x0A00 | ((id >> 16) & 0xFF), Cilium's
+ * MagicMarkIngress, so the destination's ingress sees the client's identity
+ * instead of the node's. Pods cannot forge either: a veth crossing into
+ * another namespace scrubs skb->mark. */
+#define CNP_MARK_MAGIC_MASK 0x0F00
+#define CNP_MARK_TO_PROXY 0x0200
+#define CNP_MARK_FROM_PROXY 0x0A00
+#define CNP_PROXY_ROUTE_TABLE 2004
+
 /* Why a flow was (or would be) dropped. */
 #define CNP_REASON_NONE 0
 #define CNP_REASON_DEFAULT_DENY 1 /* subject selected in this direction, no allow matched */
 #define CNP_REASON_DENY_RULE 2    /* an explicit deny entry matched */
+#define CNP_REASON_PROXY_BYPASSED 3 /* L7 rules apply but the connection did not come through the proxy */
 
 /* ipcache: LPM trie, address/prefix -> identity. The key must be a struct
  * whose first member is the prefix length, or map creation fails. */

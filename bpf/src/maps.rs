@@ -49,10 +49,35 @@ pub mod reason {
     pub const NONE: u8 = 0;
     pub const DEFAULT_DENY: u8 = 1;
     pub const DENY_RULE: u8 = 2;
+    /// L7 rules apply but the connection did not come through the proxy
+    /// (no proxy listening): dropped in enforce, fail closed.
+    pub const PROXY_BYPASSED: u8 = 3;
 }
 
 pub const IPCACHE_F_LOCAL_ENDPOINT: u32 = 1;
 pub const SUBJECT_F_DEFAULT_DENY: u32 = 1;
+
+/// `skb->mark` values of the L7 redirect (see `cnpilot.h`).
+pub mod mark {
+    /// The nibble that says which kind of mark a packet carries.
+    pub const MAGIC_MASK: u32 = 0x0F00;
+    /// Set by `cnp_from_pod` on packets it assigned to the proxy's socket.
+    pub const TO_PROXY: u32 = 0x0200;
+    /// The proxy's upstream sockets (`SO_MARK`), with the client's identity.
+    pub const FROM_PROXY: u32 = 0x0A00;
+    /// The route table that delivers `TO_PROXY` packets locally (node netns).
+    pub const PROXY_ROUTE_TABLE: u32 = 2004;
+
+    /// The mark the proxy puts on an upstream connection for a client identity.
+    pub fn from_proxy(identity: u32) -> u32 {
+        ((identity & 0xFFFF) << 16) | FROM_PROXY | ((identity >> 16) & 0xFF)
+    }
+
+    /// The client identity a `FROM_PROXY` mark carries.
+    pub fn identity_of(mark: u32) -> Option<u32> {
+        (mark & MAGIC_MASK == FROM_PROXY).then_some(((mark >> 16) & 0xFFFF) | ((mark & 0xFF) << 16))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(C)]

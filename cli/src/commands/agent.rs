@@ -3,6 +3,7 @@
 
 mod events;
 mod inventory;
+mod l7;
 mod policy;
 
 use std::io::Write;
@@ -41,6 +42,11 @@ pub struct AgentArgs {
     /// Detach from every interface, remove every pin, and exit (enforcement stops).
     #[arg(long)]
     pub down: bool,
+    /// Port of the transparent L7 (HTTP) proxy in the node namespace, for
+    /// ports with `rules.http`; 0 runs no proxy (those ports are then
+    /// decided at L3/L4 only: their HTTP rules are not enforced).
+    #[arg(long, default_value_t = l7::DEFAULT_PROXY_PORT)]
+    pub proxy_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +71,9 @@ pub struct RecordArgs {
 
 pub fn run_agent(args: AgentArgs) -> anyhow::Result<Outcome> {
     if args.down {
+        if let Some(node) = l7::node_netns_of_lab(&args.lab_dir) {
+            l7::remove_proxy_route(&node);
+        }
         cnpilot_bpf::unpin_all(&args.pin_dir)?;
         eprintln!("cnpilot: detached and unpinned {}", args.pin_dir.display());
         return Ok(Outcome::Success);
@@ -92,7 +101,7 @@ pub fn run_mode(args: ModeArgs) -> anyhow::Result<Outcome> {
 fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     let inv = inventory::Inventory::from_lab(&args.lab_dir)?;
     let entries = match &args.policies {
-        Some(dir) => policy::compile(dir, &inv)?,
+        Some(dir) => policy::compile(dir, &inv, args.proxy_port)?,
         None => policy::none(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -104,6 +113,19 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
 
     let mut dp = Datapath::load_or_open(&args.pin_dir)?;
     program_maps(&mut dp, &inv, &entries, args.mode)?;
+    // The proxy listens before any program can hand it a connection.
+    let mut http_events = match args.proxy_port {
+        0 => None,
+        port => {
+            l7::install_proxy_route(&inv.node_netns)?;
+            Some(l7::start_proxy(
+                &inv,
+                std::sync::Arc::clone(&entries.compiled),
+                &args.pin_dir,
+                port,
+            )?)
+        }
+    };
     for pod in &inv.pods {
         dp.attach(Some(&inv.node_netns), &pod.host_veth)
             .with_context(|| {
@@ -158,6 +180,21 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                         out.write_all(b"\n")?;
                     }
                     out.flush()?;
+                }
+                Some(ev) = async {
+                    match http_events.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    seen += 1;
+                    let dropped = events::http_is_drop(&ev);
+                    drops += u64::from(dropped);
+                    if !args.drops_only || dropped {
+                        serde_json::to_writer(&mut out, &events::http_line(&ev, &inv))?;
+                        out.write_all(b"\n")?;
+                        out.flush()?;
+                    }
                 }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,

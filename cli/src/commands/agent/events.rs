@@ -1,11 +1,13 @@
 //! Flow events as JSON lines, identities resolved to namespace/workload.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::UNIX_EPOCH;
 
 use cnpilot_bpf::maps::{reason, verdict, FlowEvent};
 use serde::Serialize;
 
 use super::inventory::Inventory;
+use crate::proxy::event::{L7Event, L7Verdict};
 
 #[derive(Debug, Serialize)]
 pub struct EventLine {
@@ -44,6 +46,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::NONE => "",
         reason::DEFAULT_DENY => "default-deny",
         reason::DENY_RULE => "deny-rule",
+        reason::PROXY_BYPASSED => "proxy-bypassed",
         _ => "unknown",
     }
 }
@@ -79,4 +82,56 @@ pub fn line(ev: &FlowEvent, inv: &Inventory) -> EventLine {
         dst: peer(ev.daddr, ev.dport, ev.dst_identity),
         rule_id: ev.rule_id,
     }
+}
+
+/// One request the L7 proxy saw, in the same stream as the flow events.
+#[derive(Debug, Serialize)]
+pub struct HttpLine {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_ns: u64,
+    /// `allowed`, `l7-would-deny`, `l7-denied` or `unparseable`.
+    pub verdict: &'static str,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub host: Option<String>,
+    pub status: Option<u16>,
+    pub src: Peer,
+    pub dst: Peer,
+    /// The rule that allowed it, or why it was (or would be) denied.
+    pub reason: String,
+}
+
+pub fn http_line(ev: &L7Event, inv: &Inventory) -> HttpLine {
+    let peer = |ip: IpAddr, port: u16, identity: u32| Peer {
+        ip: match ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        },
+        port,
+        identity,
+        name: inv.name_of_identity(identity),
+    };
+    HttpLine {
+        kind: "http",
+        time_ns: ev
+            .ts
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        verdict: ev.verdict.as_str(),
+        method: ev.method.clone(),
+        path: ev.path.clone(),
+        query: ev.query.clone(),
+        host: ev.host.clone(),
+        status: ev.status,
+        src: peer(ev.src_ip, 0, ev.src_identity),
+        dst: peer(ev.dst_ip, ev.dport, ev.dst_identity),
+        reason: ev.reason.clone(),
+    }
+}
+
+/// Whether `--drops-only` keeps an HTTP record.
+pub fn http_is_drop(ev: &L7Event) -> bool {
+    ev.verdict != L7Verdict::Allowed
 }

@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use cnpilot_bpf::maps::{IpcacheValue, PolicyKey, PolicyValue, SubjectKey, SubjectValue};
@@ -16,6 +17,8 @@ pub struct MapEntries {
     pub subjects: Vec<(SubjectKey, SubjectValue)>,
     /// Beyond the pods' own addresses (CIDR identities from policies).
     pub ipcache: Vec<IpcacheEntry>,
+    /// What the L7 proxy asks per request (same compilation as the maps).
+    pub compiled: Arc<CompiledPolicy>,
 }
 
 /// No policies: nothing is selected, everything is allowed (and counted).
@@ -24,10 +27,12 @@ pub fn none() -> MapEntries {
         policy: Vec::new(),
         subjects: Vec::new(),
         ipcache: Vec::new(),
+        compiled: Arc::new(CompiledPolicy::default()),
     }
 }
 
-pub fn compile(dir: &Path, inv: &Inventory) -> anyhow::Result<MapEntries> {
+/// `proxy_port` goes into REDIRECT entries (0: no proxy, L7 ports pass at L4).
+pub fn compile(dir: &Path, inv: &Inventory, proxy_port: u16) -> anyhow::Result<MapEntries> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading policy directory {}", dir.display()))?
         .filter_map(Result::ok)
@@ -53,7 +58,8 @@ pub fn compile(dir: &Path, inv: &Inventory) -> anyhow::Result<MapEntries> {
             addrs: vec![pod.ip],
         });
     }
-    let compiled = CompiledPolicy::compile(&set, &inputs, None);
+    let mut compiled = CompiledPolicy::compile(&set, &inputs, None);
+    compiled.set_proxy_port(proxy_port);
     for w in compiled.warnings() {
         tracing::warn!("{w}");
     }
@@ -73,5 +79,6 @@ pub fn compile(dir: &Path, inv: &Inventory) -> anyhow::Result<MapEntries> {
         policy: compiled.policy_entries(),
         subjects: compiled.subject_entries(),
         ipcache,
+        compiled: Arc::new(compiled),
     })
 }

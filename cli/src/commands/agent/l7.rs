@@ -1,0 +1,263 @@
+//! The agent's L7 half: the node-namespace route that delivers connections
+//! the datapath hands to the proxy (`bpf_sk_assign` + mark), and the proxy
+//! itself, wired to the compiled policy, the ipcache and the pinned modes.
+//!
+//! Who decides what: the kernel already decided L3/L4 (per namespace mode)
+//! before a connection reaches the proxy, so the proxy asks only the L7
+//! question: on each side that redirected (the destination's ingress, the
+//! source's egress), does an HTTP rule match this request? The mode that
+//! turns a "no" into a 403 is the destination namespace's, read from the
+//! pinned `ns_mode` map per request, so `cnpilot mode` applies to the next
+//! request of an open connection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use cnpilot_bpf::maps::{identity, mark, Direction};
+use cnpilot_bpf::{Mode, Tables};
+use cnpilot_recommender::compile::{HttpRequest, Outcome};
+use cnpilot_recommender::CompiledPolicy;
+use tokio::sync::mpsc;
+
+use super::inventory::Inventory;
+use crate::proxy::event::L7Event;
+use crate::proxy::listener::{bind_transparent, L7Proxy, ProxyConfig};
+use crate::proxy::netns::spawn_in_netns;
+use crate::proxy::policy::{
+    HttpRequestView, Identity, IdentityResolver, L7Decision, L7Mode, L7Policy, ModeResolver,
+};
+
+pub const DEFAULT_PROXY_PORT: u16 = 15001;
+const TCP: u8 = 6;
+
+/// The `ip netns` name of a namespace path (`/run/netns/NAME`).
+fn netns_name(netns: &Path) -> anyhow::Result<String> {
+    netns
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} is not a named network namespace", netns.display()))
+}
+
+fn ip(netns: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Command::new("ip")
+        .arg("-n")
+        .arg(netns)
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip -n {netns} {}", args.join(" ")))
+}
+
+/// `ip rule fwmark TO_PROXY lookup T` + `local 0.0.0.0/0 dev lo table T`,
+/// in the node namespace only (never the host's). Idempotent.
+pub fn install_proxy_route(node_netns: &Path) -> anyhow::Result<()> {
+    let ns = netns_name(node_netns)?;
+    let fwmark = format!("{:#x}/{:#x}", mark::TO_PROXY, mark::MAGIC_MASK);
+    let table = mark::PROXY_ROUTE_TABLE.to_string();
+    let rules = ip(&ns, &["rule", "show"])?;
+    if !String::from_utf8_lossy(&rules.stdout).contains(&format!("lookup {table}")) {
+        let out = ip(&ns, &["rule", "add", "fwmark", &fwmark, "lookup", &table])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip -n {ns} rule add fwmark {fwmark} lookup {table}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let out = ip(
+        &ns,
+        &[
+            "route",
+            "replace",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            &table,
+        ],
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip -n {ns} route replace local 0.0.0.0/0 dev lo table {table}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Undoes [`install_proxy_route`]; a namespace that is gone is fine.
+pub fn remove_proxy_route(node_netns: &Path) {
+    let Ok(ns) = netns_name(node_netns) else {
+        return;
+    };
+    let fwmark = format!("{:#x}/{:#x}", mark::TO_PROXY, mark::MAGIC_MASK);
+    let table = mark::PROXY_ROUTE_TABLE.to_string();
+    let _ = ip(&ns, &["rule", "del", "fwmark", &fwmark, "lookup", &table]);
+    let _ = ip(&ns, &["route", "flush", "table", &table]);
+}
+
+struct CompiledIdentities(Arc<CompiledPolicy>);
+
+impl IdentityResolver for CompiledIdentities {
+    fn identity_of(&self, ip: IpAddr) -> Identity {
+        match ip {
+            IpAddr::V4(v4) => self.0.identity_of_addr(v4),
+            IpAddr::V6(_) => identity::WORLD,
+        }
+    }
+}
+
+/// The L7 question of the compiled policy, one side at a time: a side that
+/// redirected at L4 must have an HTTP rule matching the request.
+struct CompiledL7(Arc<CompiledPolicy>);
+
+impl CompiledL7 {
+    fn describe(&self, rule: Option<u32>) -> String {
+        rule.and_then(|r| self.0.rule(r))
+            .map_or_else(|| "no rule".to_string(), ToString::to_string)
+    }
+}
+
+impl L7Policy for CompiledL7 {
+    fn decide(
+        &self,
+        src: Identity,
+        dst: Identity,
+        dport: u16,
+        request: &HttpRequestView<'_>,
+    ) -> L7Decision {
+        let req = HttpRequest {
+            method: request.method.to_string(),
+            path: request.envoy_path.to_string(),
+            host: request.host.map(str::to_string),
+            headers: request
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        };
+        let p = &self.0;
+        let sides = [
+            p.is_local_subject(dst)
+                .then(|| p.check(Direction::Ingress, dst, src, TCP, dport, Some(&req))),
+            p.is_local_subject(src)
+                .then(|| p.check(Direction::Egress, src, dst, TCP, dport, Some(&req))),
+        ];
+        let mut allowed_by = None;
+        for side in sides.into_iter().flatten() {
+            match side.outcome {
+                Outcome::L7Denied => {
+                    return L7Decision::Deny {
+                        reason: format!("no http rule matches ({})", self.describe(side.rule)),
+                    }
+                }
+                Outcome::L7Allowed => allowed_by = allowed_by.or(side.rule),
+                // L3/L4 outcomes were the kernel's to enforce, per mode.
+                _ => {}
+            }
+        }
+        L7Decision::Allow {
+            rule: self.describe(allowed_by),
+        }
+    }
+}
+
+/// The destination namespace's mode, read from the pinned map per request.
+struct PinnedModes {
+    tables: Mutex<Tables>,
+    ns_of_identity: HashMap<Identity, u32>,
+}
+
+impl ModeResolver for PinnedModes {
+    fn mode_for(&self, _dst_ip: IpAddr, dst_identity: Identity) -> L7Mode {
+        let Some(ns) = self.ns_of_identity.get(&dst_identity) else {
+            // Not a pod of this node: only the source's egress rules can
+            // have redirected it; recorded, never blocked.
+            return L7Mode::Audit;
+        };
+        let mode = match self.tables.lock() {
+            Ok(t) => t.mode(*ns),
+            Err(poisoned) => poisoned.into_inner().mode(*ns),
+        };
+        match mode {
+            Ok(Mode::Enforce) => L7Mode::Enforce,
+            Ok(_) => L7Mode::Audit,
+            Err(e) => {
+                // The maps are gone (agent --down): fail closed.
+                tracing::warn!(error = %e, "reading the namespace mode for the L7 proxy");
+                L7Mode::Enforce
+            }
+        }
+    }
+}
+
+/// Starts the proxy on a thread inside the node namespace, listening
+/// (IP_TRANSPARENT) on 0.0.0.0:`port`. Returns once it is listening; its
+/// events arrive on the returned channel. It runs until the process exits.
+pub fn start_proxy(
+    inv: &Inventory,
+    compiled: Arc<CompiledPolicy>,
+    pin_dir: &Path,
+    port: u16,
+) -> anyhow::Result<mpsc::Receiver<L7Event>> {
+    let ns = netns_name(&inv.node_netns)?;
+    let modes = PinnedModes {
+        tables: Mutex::new(Tables::open_pinned(pin_dir)?),
+        ns_of_identity: inv.pods.iter().map(|p| (p.identity, p.ns_id)).collect(),
+    };
+    let (events_tx, events_rx) = mpsc::channel(4096);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let _detached = spawn_in_netns(&ns, move || {
+        let started = (|| -> anyhow::Result<(tokio::runtime::Runtime, std::net::TcpListener)> {
+            let listener =
+                bind_transparent(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("cnpilot-l7")
+                .enable_all()
+                .build()
+                .context("starting the L7 proxy runtime")?;
+            Ok((rt, listener))
+        })();
+        let (rt, listener) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let proxy = L7Proxy::new(
+                ProxyConfig::transparent(),
+                Arc::new(CompiledIdentities(Arc::clone(&compiled))),
+                Arc::new(CompiledL7(compiled)),
+                Arc::new(modes),
+                events_tx,
+            );
+            let _ = ready_tx.send(Ok(()));
+            if let Err(e) = proxy.serve(listener).await {
+                tracing::error!(error = %e, "the L7 proxy stopped");
+            }
+        });
+    });
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(events_rx),
+        Ok(Err(e)) => Err(e.context(format!("starting the L7 proxy in {ns}"))),
+        Err(_) => anyhow::bail!("the L7 proxy thread in {ns} ended before listening"),
+    }
+}
+
+/// Where the agent's `--down` finds the node namespace (the lab may be gone).
+pub fn node_netns_of_lab(lab_dir: &Path) -> Option<PathBuf> {
+    Inventory::from_lab(lab_dir).ok().map(|inv| inv.node_netns)
+}
