@@ -44,6 +44,19 @@ pub enum BenchCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// HTTP requests/s and p50/p99 latency through the L7 proxy vs direct,
+    /// between the same two namespaces (keep-alive connections, built-in
+    /// load generator).
+    L7 {
+        /// Seconds per run (direct, then proxied).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -70,12 +83,19 @@ struct Report {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
-    let BenchCommand::Datapath {
-        seconds,
-        conn_seconds,
-        flood_flows,
-        output,
-    } = cmd;
+    let (seconds, conn_seconds, flood_flows, output) = match cmd {
+        BenchCommand::Datapath {
+            seconds,
+            conn_seconds,
+            flood_flows,
+            output,
+        } => (seconds, conn_seconds, flood_flows, output),
+        BenchCommand::L7 {
+            seconds,
+            connections,
+            output,
+        } => return run_l7(seconds, connections, output),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -358,4 +378,51 @@ fn print_table(r: &Report) {
         r.flood.events_delivered,
         r.flood.ring_buffer_bytes / 1024
     );
+}
+
+#[derive(Debug, Serialize)]
+struct L7Row {
+    requests_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    requests: u64,
+    errors: u64,
+    non_200: u64,
+}
+
+impl From<&crate::proxy::bench::LoadResult> for L7Row {
+    fn from(r: &crate::proxy::bench::LoadResult) -> Self {
+        L7Row {
+            requests_per_s: r.rps,
+            p50_us: r.p50_us,
+            p99_us: r.p99_us,
+            requests: r.requests,
+            errors: r.errors,
+            non_200: r.non_200,
+        }
+    }
+}
+
+fn run_l7(seconds: u64, connections: usize, output: Format) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(seconds > 0, "--seconds must be at least 1");
+    anyhow::ensure!(connections > 0, "--connections must be at least 1");
+    let report = crate::proxy::bench::run_l7_bench(crate::proxy::bench::L7BenchOptions {
+        connections,
+        duration: Duration::from_secs(seconds),
+    })
+    .context("running the L7 proxy benchmark")?;
+    match output {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "connections": connections,
+                "seconds": seconds,
+                "direct": L7Row::from(&report.direct),
+                "proxied": L7Row::from(&report.proxied),
+                "proxied_over_direct": report.ratio(),
+            }))?
+        ),
+        Format::Table => print!("{}", report.render()),
+    }
+    Ok(Outcome::Success)
 }
