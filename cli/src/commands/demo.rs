@@ -65,7 +65,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
 
     let result = run_lab_demo(&me, &policies, &args);
     if !args.keep {
-        step("Tearing the lab down");
+        step("Tearing down: programs and pins, then the lab");
+        let _ = run_shown(&me, &["agent", "--down"]);
         let _ = run_shown(&me, &["lab", "down"]);
     }
     result?;
@@ -138,22 +139,44 @@ fn run_lab_demo(me: &Path, policies: &Path, args: &DemoArgs) -> anyhow::Result<(
     Ok(())
 }
 
+/// Folds the agent's JSON-line events into one line per distinct flow
+/// (source, destination, port, verdict), would-drops first.
 fn summarize_events(events: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(events).unwrap_or_default();
+    use std::collections::BTreeMap;
+    let text = std::fs::read_to_string(events)
+        .with_context(|| format!("reading the agent's events {}", events.display()))?;
+    let mut flows: BTreeMap<(u8, String, String, String, String), usize> = BTreeMap::new();
     let mut total = 0usize;
-    let mut would_drop = Vec::new();
     for line in text.lines() {
+        let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         total += 1;
-        if line.contains("would-drop") || line.contains("would_drop") {
-            would_drop.push(line.to_string());
-        }
+        let field = |path: &[&str]| {
+            let mut v = &ev;
+            for p in path {
+                v = &v[*p];
+            }
+            match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            }
+        };
+        let verdict = field(&["verdict"]);
+        let rank = match verdict.as_str() {
+            "dropped" => 0,
+            "would-drop" => 1,
+            _ => 2,
+        };
+        let port = format!("{}/{}", field(&["proto"]), field(&["dst", "port"]));
+        *flows
+            .entry((rank, verdict, field(&["src", "name"]), field(&["dst", "name"]), port))
+            .or_default() += 1;
     }
-    println!(
-        "  {total} events recorded, {} would-drops",
-        would_drop.len()
-    );
-    for line in would_drop.iter().take(12) {
-        println!("  {line}");
+    println!("  {total} events, {} distinct flows:", flows.len());
+    for ((_, verdict, src, dst, port), n) in &flows {
+        println!("  {verdict:<11} {src:<32} -> {dst:<32} {port:<10} x{n}");
     }
     Ok(())
 }
