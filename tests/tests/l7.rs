@@ -1,0 +1,237 @@
+//! L7 on the lab through the real agent (root tier): `cnpilot lab up`, the
+//! agent with the article's policies in audit, `cnpilot mode -n payments
+//! enforce`, and the article's verification curls from inside the pods.
+//! The tc program hands connections on payments-api:8080 (HTTP rules on its
+//! ingress) to the agent's transparent proxy in the node namespace
+//! (`bpf_sk_assign` + mark + a local route there); the proxy's upstream leg
+//! carries the client's identity in its mark.
+//!
+//! | step | from | request | expected |
+//! |---|---|---|---|
+//! | audit | web/frontend-app | POST /api/v1/refunds | 200 + an `l7-would-deny` http event |
+//! | enforce | web/frontend-app | POST /api/v1/charges | 200 |
+//! | enforce | web/frontend-app | POST /api/v1/refunds | 403 `Access denied` |
+//! | enforce | data/analytics-service | GET /api/v1/charges | 200 |
+//! | enforce | data/analytics-service | POST /api/v1/charges | 403 `Access denied` |
+//! | enforce | tenant-a/worker | GET /api/v1/charges | no answer (dropped at L3/L4, never reaches the proxy) |
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cnpilot_bpf::testing::privileged_tests_enabled;
+use cnpilot_e2e::{cnpilot_bin, workspace_root, Lab};
+
+/// The agent process and its pins; killed and `agent --down` on drop (the
+/// lab itself comes down when `Lab` drops, after this).
+struct Agent<'a> {
+    lab: &'a Lab,
+    child: Child,
+    pin_dir: PathBuf,
+    events: PathBuf,
+    stderr: PathBuf,
+}
+
+impl<'a> Agent<'a> {
+    fn start(lab: &'a Lab, out: &tempfile::TempDir) -> Agent<'a> {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/cnpilot-{}", lab.prefix));
+        let events = out.path().join("events.jsonl");
+        let stderr = out.path().join("agent.err");
+        let child = Command::new(cnpilot_bin())
+            .args(["agent", "--policies"])
+            .arg(workspace_root().join("cli/policies/seed"))
+            .args(["--mode", "audit", "--pin-dir"])
+            .arg(&pin_dir)
+            .arg("--events")
+            .arg(&events)
+            .env("CNPILOT_LAB_PREFIX", &lab.prefix)
+            .env("CNPILOT_LAB_DIR", lab.dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting cnpilot agent");
+        let agent = Agent {
+            lab,
+            child,
+            pin_dir,
+            events,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !agent.stderr_text().contains("pods attached") {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start:\n{}",
+                agent.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn pin(&self) -> &str {
+        self.pin_dir.to_str().unwrap()
+    }
+
+    /// The agent's `"type":"http"` event lines so far.
+    fn http_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] == "http")
+            .collect()
+    }
+
+    /// Waits (the agent flushes per event) for an http event matching `f`.
+    fn wait_http(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = self.http_events().into_iter().find(|e| f(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no http event {what}; got {:#?}",
+                self.http_events()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.lab.cnpilot(&[
+            "agent",
+            "--down",
+            "--pin-dir",
+            self.pin_dir.to_str().unwrap(),
+        ]);
+    }
+}
+
+/// `curl` from inside a pod: (status code as curl prints it, body).
+fn curl(lab: &Lab, pod: &str, method: &str, path: &str) -> (String, String) {
+    let url = format!("http://payments-api.payments:8080{path}");
+    let out = lab.cnpilot(&[
+        "lab",
+        "exec",
+        pod,
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "3",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (code.trim().to_string(), body.to_string())
+}
+
+#[test]
+fn the_articles_l7_curls_through_the_agents_proxy() {
+    if !privileged_tests_enabled("the_articles_l7_curls_through_the_agents_proxy") {
+        return;
+    }
+    let lab = Lab::new();
+    let up = lab.cnpilot(&["lab", "up", "--scenario", "seed"]);
+    assert_eq!(up.status.code(), Some(0), "lab up failed");
+    let out = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&lab, &out);
+    let node = lab.state()["node"]["netns"].as_str().unwrap().to_string();
+
+    // The agent's route for marked packets lives in the node namespace.
+    let rules = Command::new("ip")
+        .args(["-n", &node, "rule", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&rules.stdout).contains("fwmark 0x200/0xf00 lookup 2004"),
+        "{}",
+        String::from_utf8_lossy(&rules.stdout)
+    );
+
+    // Audit: forwarded, recorded as a would-be 403.
+    let (code, _) = curl(&lab, "web/frontend-app", "POST", "/api/v1/refunds");
+    assert_eq!(code, "200", "audit forwards everything");
+    let ev = agent.wait_http("l7-would-deny for POST refunds", |e| {
+        e["verdict"] == "l7-would-deny" && e["path"] == "/api/v1/refunds"
+    });
+    assert_eq!(ev["method"], "POST");
+    assert_eq!(ev["src"]["name"], "web/frontend-app");
+    assert_eq!(ev["dst"]["name"], "payments/payments-api");
+    assert_eq!(ev["status"], 200);
+
+    let flip = lab.cnpilot(&[
+        "mode",
+        "-n",
+        "payments",
+        "enforce",
+        "--pin-dir",
+        agent.pin(),
+    ]);
+    assert_eq!(flip.status.code(), Some(0));
+
+    let cases = [
+        ("web/frontend-app", "POST", "/api/v1/charges", "200"),
+        ("web/frontend-app", "POST", "/api/v1/refunds", "403"),
+        ("data/analytics-service", "GET", "/api/v1/charges", "200"),
+        ("data/analytics-service", "POST", "/api/v1/charges", "403"),
+    ];
+    for (pod, method, path, want) in cases {
+        let (code, body) = curl(&lab, pod, method, path);
+        assert_eq!(code, want, "{pod} {method} {path}: body {body:?}");
+        if want == "403" {
+            // Envoy's local reply, as Cilium sends it: `Access denied\r\n`.
+            assert_eq!(body.trim_end(), "Access denied", "{pod} {method} {path}");
+            agent.wait_http("l7-denied", |e| {
+                e["verdict"] == "l7-denied"
+                    && e["method"] == method
+                    && e["path"] == path
+                    && e["src"]["name"] == pod
+            });
+        } else {
+            assert!(body.contains(path), "the server answered: {body:?}");
+        }
+    }
+
+    // Not allowed at L3/L4: dropped in the kernel, the proxy never sees it.
+    let (code, body) = curl(&lab, "tenant-a/worker", "GET", "/api/v1/charges");
+    assert_eq!(
+        code, "000",
+        "tenant-a must get no answer, got body {body:?}"
+    );
+    assert!(
+        agent
+            .http_events()
+            .iter()
+            .all(|e| e["src"]["name"] != "tenant-a/worker"),
+        "tenant-a reached the proxy: {:#?}",
+        agent.http_events()
+    );
+
+    let pin_dir = agent.pin_dir.clone();
+    drop(agent);
+    assert!(!pin_dir.exists(), "agent --down left {}", pin_dir.display());
+    let rules = Command::new("ip")
+        .args(["-n", &node, "rule", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("lookup 2004"),
+        "agent --down left the proxy route rule"
+    );
+    drop(lab);
+}
