@@ -135,19 +135,20 @@ impl CompiledPolicy {
         v
     }
 
-    /// Entries for the datapath's `subjects` map (default-deny flags).
+    /// Entries for the datapath's `subjects` map: every selected subject
+    /// and direction (the datapath looks up no rule, deny rules included,
+    /// for a subject without an entry), flagged when default-deny.
     pub fn subject_entries(&self) -> Vec<(SubjectKey, SubjectValue)> {
         let mut v: Vec<_> = self
             .subjects
             .iter()
-            .filter(|(_, i)| i.default_deny)
-            .map(|(k, _)| {
-                (
-                    *k,
-                    SubjectValue {
-                        flags: cnpilot_bpf::maps::SUBJECT_F_DEFAULT_DENY,
-                    },
-                )
+            .map(|(k, i)| {
+                let flags = if i.default_deny {
+                    cnpilot_bpf::maps::SUBJECT_F_DEFAULT_DENY
+                } else {
+                    0
+                };
+                (*k, SubjectValue { flags })
             })
             .collect();
         v.sort_by_key(|(k, _)| *k);

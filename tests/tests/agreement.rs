@@ -1,0 +1,689 @@
+//! Agreement (root tier): for every flow of every case file, the datapath's
+//! L3/L4 verdict on a real packet equals the evaluator's.
+//!
+//! Per case: one netns per endpoint behind a "node" netns (one /32 route per
+//! veth, as in `bpf/tests`), plus an "outside" netns holding a stand-in
+//! address for every entity or CIDR the case's flows name. The case's
+//! policies are compiled by the recommender and written to the maps (every
+//! namespace in enforce), then each flow sends a real packet. `allow` and
+//! `deny-l7` must be delivered (L7 is the proxy's job: with no proxy port
+//! the datapath lets a redirected connection through), `deny` must not.
+//!
+//! Outside ends are stand-ins: a public CIDR address becomes a 198.19.1.x
+//! address whose ipcache /32 carries the identity the evaluator gives the
+//! original address (an address the case takes from 198.19/16 is used as is,
+//! under the compiled prefixes). Entities get their reserved identity the
+//! same way; the local host is the node netns (198.19.255.254, identity 1).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cnpilot_bpf::maps::IPCACHE_F_LOCAL_ENDPOINT;
+use cnpilot_bpf::maps::{identity, Direction, EndpointValue, IpcacheValue};
+use cnpilot_bpf::testing::privileged_tests_enabled;
+use cnpilot_bpf::{netns, Datapath, IpcacheEntry, Mode};
+use cnpilot_recommender::cases::{load_case_paths, run_case, Case, FlowProto, FlowSpec};
+use cnpilot_recommender::model::load_str_at;
+use cnpilot_recommender::{CompiledPolicy, IdentityInput, NodeInput, Verdict};
+
+/// The node side's address on every veth: the pods' gateway and the local host.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+const LAB_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 15);
+const WORKERS: usize = 4;
+
+static NEXT_CASE: AtomicU32 = AtomicU32::new(0);
+
+fn in_prefix(a: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `ip -n NS -batch -` with one command per line.
+fn ip_batch(ns: &str, lines: &[String]) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.join("\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip -n {ns} -batch: {lines:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Where a flow's end lives in the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum End {
+    /// Endpoint index in the case.
+    Pod(usize),
+    /// The local host: the node netns.
+    Host,
+    /// A stand-in address in the outside netns.
+    Outside(Ipv4Addr),
+}
+
+/// One case's netns cluster and datapath. Drop removes all of it.
+struct CaseLab {
+    node: String,
+    pods: Vec<String>,
+    outside: String,
+    pin_dir: PathBuf,
+    built: Vec<String>,
+}
+
+impl CaseLab {
+    fn new(pod_addrs: &[Ipv4Addr], outside_addrs: &[Ipv4Addr]) -> CaseLab {
+        let n = NEXT_CASE.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{:x}{n:02x}", std::process::id() & 0xfff);
+        let mut lab = CaseLab {
+            node: format!("cnpag-{tag}-node"),
+            pods: (0..pod_addrs.len())
+                .map(|i| format!("cnpag-{tag}-p{i}"))
+                .collect(),
+            outside: format!("cnpag-{tag}-out"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/cnpilot-agree-{tag}")),
+            built: Vec::new(),
+        };
+        let all: Vec<String> = [lab.node.clone(), lab.outside.clone()]
+            .into_iter()
+            .chain(lab.pods.iter().cloned())
+            .collect();
+        for ns in &all {
+            sh(&["ip", "netns", "add", ns]);
+            lab.built.push(ns.clone());
+            ip_batch(ns, &["link set lo up".into()]);
+        }
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.node,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        for (i, addr) in pod_addrs.iter().enumerate() {
+            lab.wire(&lab.pods[i].clone(), &format!("cag{tag}p{i}"), &[*addr]);
+        }
+        if !outside_addrs.is_empty() {
+            lab.wire(&lab.outside.clone(), &format!("cag{tag}o"), outside_addrs);
+        }
+        lab
+    }
+
+    /// A veth from the node to `ns` whose far side holds `addrs`.
+    fn wire(&self, ns: &str, veth: &str, addrs: &[Ipv4Addr]) {
+        let mut node = vec![
+            format!("link add {veth} type veth peer name eth0 netns {ns}"),
+            format!("addr add {GATEWAY}/32 dev {veth}"),
+            format!("link set {veth} up"),
+        ];
+        let mut far = Vec::new();
+        for a in addrs {
+            node.push(format!("route add {a}/32 dev {veth}"));
+            far.push(format!("addr add {a}/32 dev eth0"));
+        }
+        far.push("link set eth0 up".into());
+        far.push(format!("route add {GATEWAY}/32 dev eth0 scope link"));
+        far.push(format!("route add 198.18.0.0/15 via {GATEWAY}"));
+        ip_batch(&self.node, &node);
+        ip_batch(ns, &far);
+    }
+
+    fn netns_of(&self, end: End) -> PathBuf {
+        netns::named(match end {
+            End::Pod(i) => &self.pods[i],
+            End::Host => &self.node,
+            End::Outside(_) => &self.outside,
+        })
+    }
+
+    fn pod_veth(&self, i: usize) -> String {
+        // The same name `new` gave it: `cag` + tag + `p` + index.
+        let tag = self
+            .node
+            .trim_start_matches("cnpag-")
+            .trim_end_matches("-node");
+        format!("cag{tag}p{i}")
+    }
+}
+
+impl Drop for CaseLab {
+    fn drop(&mut self) {
+        let _ = cnpilot_bpf::unpin_all(&self.pin_dir);
+        for ns in self.built.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// What a flow showed, or why it was not sent.
+enum Outcome {
+    Agreed,
+    Disagreed(String),
+    Skipped(&'static str),
+}
+
+/// A case compiled for the lab: identities, addresses, ends of each flow.
+struct Plan {
+    compiled: CompiledPolicy,
+    pod_ids: Vec<u32>,
+    pod_ns: Vec<u32>,
+    pod_addrs: Vec<Ipv4Addr>,
+    ns_ids: Vec<u32>,
+    /// Stand-in address → identity to pin in the ipcache (None: as compiled).
+    outside: BTreeMap<Ipv4Addr, Option<u32>>,
+}
+
+fn plan(case: &Case, file: &str) -> Plan {
+    let set = load_str_at(&case.policies, file, case.policies_line.max(1)).unwrap();
+    let mut ids: Vec<IdentityInput> = Vec::new();
+    let mut namespaces: Vec<String> = Vec::new();
+    let mut pod_ids = Vec::new();
+    let mut pod_ns = Vec::new();
+    let mut pod_addrs = Vec::new();
+    let given: Vec<Ipv4Addr> = case.endpoints.iter().filter_map(|e| e.ip).collect();
+    let mut next_addr = (1u8..).map(|h| Ipv4Addr::new(198, 18, 0, h));
+    for ep in &case.endpoints {
+        let addr = match ep.ip {
+            Some(a) if in_prefix(a, LAB_RANGE) && a != GATEWAY => a,
+            _ => next_addr.find(|a| !given.contains(a)).unwrap(),
+        };
+        let pos = ids
+            .iter()
+            .position(|i| i.namespace == ep.namespace && i.labels == ep.labels)
+            .unwrap_or_else(|| {
+                ids.push(IdentityInput {
+                    id: 256 + ids.len() as u32,
+                    namespace: ep.namespace.clone(),
+                    labels: ep.labels.clone(),
+                    ..Default::default()
+                });
+                ids.len() - 1
+            });
+        ids[pos].named_ports.extend(ep.named_ports.clone());
+        ids[pos].addrs.push(addr);
+        pod_ids.push(ids[pos].id);
+        if !namespaces.contains(&ep.namespace) {
+            namespaces.push(ep.namespace.clone());
+        }
+        pod_ns.push(namespaces.iter().position(|n| n == &ep.namespace).unwrap() as u32 + 1);
+        pod_addrs.push(addr);
+    }
+    let node = case.nodes.first().map(|n| NodeInput {
+        name: n.name.clone(),
+        labels: n.labels.clone(),
+    });
+    let compiled = CompiledPolicy::compile(&set, &ids, node.as_ref());
+    let mut plan = Plan {
+        compiled,
+        pod_ids,
+        pod_ns,
+        pod_addrs,
+        ns_ids: (1..=namespaces.len() as u32).collect(),
+        outside: BTreeMap::new(),
+    };
+    let mut stand_ins = (1u8..).map(|h| Ipv4Addr::new(198, 19, 1, h));
+    for flow in &case.flows {
+        for (entity, cidr) in [
+            (&flow.from_entity, flow.from_cidr),
+            (&flow.to_entity, flow.to_cidr),
+        ] {
+            if let Some(key) = outside_identity(&plan, entity.as_deref(), cidr) {
+                let taken: Vec<Ipv4Addr> = plan.outside.keys().copied().collect();
+                match (cidr, key) {
+                    (Some(a), None) if !taken.contains(&a) => {
+                        plan.outside.insert(a, None);
+                    }
+                    (_, Some(id)) if !plan.outside.values().any(|v| *v == Some(id)) => {
+                        let a = stand_ins.find(|a| !taken.contains(a)).unwrap();
+                        plan.outside.insert(a, Some(id));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// For an outside end: `Some(None)` = use the address as is (it is a lab
+/// address the compiled prefixes resolve), `Some(Some(id))` = a stand-in
+/// pinned to `id`. `None`: not an outside end.
+fn outside_identity(
+    plan: &Plan,
+    entity: Option<&str>,
+    cidr: Option<Ipv4Addr>,
+) -> Option<Option<u32>> {
+    if let Some(a) = cidr {
+        if plan.pod_addrs.contains(&a) {
+            return None;
+        }
+        if in_prefix(a, (Ipv4Addr::new(198, 19, 0, 0), 16))
+            && a != GATEWAY
+            && !in_prefix(a, (Ipv4Addr::new(198, 19, 1, 0), 24))
+        {
+            return Some(None);
+        }
+        return Some(Some(plan.compiled.identity_of_addr(a)));
+    }
+    let id = match entity? {
+        "world" => identity::WORLD,
+        "remote-node" => identity::REMOTE_NODE,
+        "kube-apiserver" => identity::KUBE_APISERVER,
+        "health" => identity::HEALTH,
+        "init" => identity::INIT,
+        "ingress" => identity::INGRESS,
+        "unmanaged" => identity::UNMANAGED,
+        _ => return None,
+    };
+    Some(Some(id))
+}
+
+fn resolve(
+    case: &Case,
+    plan: &Plan,
+    name: &Option<String>,
+    entity: &Option<String>,
+    cidr: Option<Ipv4Addr>,
+) -> Result<End, &'static str> {
+    if let Some(n) = name {
+        if let Some(i) = case.endpoints.iter().position(|e| &e.name == n) {
+            return Ok(End::Pod(i));
+        }
+        return match case.nodes.iter().position(|x| &x.name == n) {
+            Some(0) => Ok(End::Host),
+            _ => Err("a remote node's own host firewall (not attached here)"),
+        };
+    }
+    if entity.as_deref() == Some("host") {
+        return Ok(End::Host);
+    }
+    if let Some(a) = cidr {
+        if let Some(i) = plan.pod_addrs.iter().position(|p| *p == a) {
+            return Ok(End::Pod(i));
+        }
+    }
+    let key = outside_identity(plan, entity.as_deref(), cidr).ok_or("unknown flow end")?;
+    let addr = match (cidr, key) {
+        (Some(a), None) => Some(a),
+        (_, Some(id)) => plan
+            .outside
+            .iter()
+            .find(|(_, v)| **v == Some(id))
+            .map(|(a, _)| *a),
+        _ => None,
+    };
+    addr.map(End::Outside).ok_or("no stand-in address")
+}
+
+fn addr_of(plan: &Plan, end: End) -> Ipv4Addr {
+    match end {
+        End::Pod(i) => plan.pod_addrs[i],
+        End::Host => GATEWAY,
+        End::Outside(a) => a,
+    }
+}
+
+/// The sockets a case's flows are received at, made on first use.
+#[derive(Default)]
+struct Servers {
+    tcp: HashMap<(End, u16), TcpListener>,
+    udp: HashMap<(End, u16), UdpSocket>,
+}
+
+impl Servers {
+    fn tcp(&mut self, lab: &CaseLab, at: End, addr: Ipv4Addr, port: u16) -> &TcpListener {
+        self.tcp.entry((at, port)).or_insert_with(|| {
+            let l = netns::run_in(&lab.netns_of(at), || TcpListener::bind((addr, port)))
+                .unwrap()
+                .unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+    }
+
+    fn udp(&mut self, lab: &CaseLab, at: End, addr: Ipv4Addr, port: u16) -> &UdpSocket {
+        self.udp.entry((at, port)).or_insert_with(|| {
+            netns::run_in(&lab.netns_of(at), || UdpSocket::bind((addr, port)))
+                .unwrap()
+                .unwrap()
+        })
+    }
+}
+
+/// Accepts everything queued on `l` (so the backlog never fills up).
+fn drain(l: &TcpListener) {
+    while l.accept().is_ok() {}
+}
+
+/// A TCP connection from `from` (in `client_ns`) to `to`: delivered when
+/// the handshake completes; for a reply flow the server must also get data
+/// back to the client over it.
+fn tcp_delivered(
+    client_ns: &Path,
+    from: Ipv4Addr,
+    to: SocketAddr,
+    listener: &TcpListener,
+    reply: bool,
+    wait: Duration,
+) -> bool {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::io::{Read, Write};
+    let connected = netns::run_in(client_ns, || -> std::io::Result<TcpStream> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        s.bind(&SocketAddr::from((from, 0)).into())?;
+        s.connect_timeout(&to.into(), wait)?;
+        Ok(s.into())
+    })
+    .unwrap();
+    let Ok(mut client) = connected else {
+        drain(listener);
+        return false;
+    };
+    let mut delivered = true;
+    if reply {
+        let local = client.local_addr().unwrap();
+        let deadline = Instant::now() + wait;
+        let accepted = loop {
+            match listener.accept() {
+                Ok((s, peer)) if peer == local => break Some(s),
+                Ok(_) => {}
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+                Err(_) => break None,
+            }
+        };
+        delivered = accepted.is_some_and(|mut server| {
+            server.set_nonblocking(false).unwrap();
+            client.set_read_timeout(Some(wait)).unwrap();
+            let mut buf = [0u8; 5];
+            server.write_all(b"reply").is_ok()
+                && client.read_exact(&mut buf).is_ok()
+                && &buf == b"reply"
+        });
+    }
+    drain(listener);
+    delivered
+}
+
+/// A datagram from `from` (in `client_ns`) to `to`: delivered when `server`
+/// receives it; for a reply flow the server's answer must reach the client.
+fn udp_delivered(
+    client_ns: &Path,
+    from: Ipv4Addr,
+    to: SocketAddr,
+    server: &UdpSocket,
+    reply: bool,
+    wait: Duration,
+) -> bool {
+    static NONCE: AtomicU32 = AtomicU32::new(0);
+    let nonce = NONCE.fetch_add(1, Ordering::SeqCst).to_be_bytes();
+    let client = netns::run_in(client_ns, || UdpSocket::bind((from, 0)))
+        .unwrap()
+        .unwrap();
+    client.send_to(&nonce, to).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 16];
+    let peer = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        server.set_read_timeout(Some(left)).unwrap();
+        match server.recv_from(&mut buf) {
+            Ok((4, peer)) if buf[..4] == nonce => break peer,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    };
+    if !reply {
+        return true;
+    }
+    server.send_to(&nonce, peer).unwrap();
+    client.set_read_timeout(Some(wait)).unwrap();
+    matches!(client.recv_from(&mut buf), Ok((4, _)) if buf[..4] == nonce)
+}
+
+/// Builds the case's lab, programs the datapath and sends every flow.
+fn run_in_lab(file: &str, case: &Case) -> Vec<(String, Outcome)> {
+    let evaluated = run_case(case, file).unwrap();
+    let plan = plan(case, file);
+    let outside: Vec<Ipv4Addr> = plan.outside.keys().copied().collect();
+    let lab = CaseLab::new(&plan.pod_addrs, &outside);
+    let mut dp = Datapath::load_or_open(&lab.pin_dir).unwrap();
+    let node = netns::named(&lab.node);
+    for (i, addr) in plan.pod_addrs.iter().enumerate() {
+        let veth = lab.pod_veth(i);
+        dp.attach(Some(&node), &veth).unwrap();
+        let ifindex = netns::ifindex(&node, &veth).unwrap();
+        let ep = EndpointValue {
+            identity: plan.pod_ids[i],
+            ns_id: plan.pod_ns[i],
+            addr: u32::from(*addr).to_be(),
+            flags: 0,
+        };
+        dp.tables_mut().upsert_endpoint(ifindex, ep).unwrap();
+    }
+    let t = dp.tables_mut();
+    t.replace_policy(plan.compiled.policy_entries()).unwrap();
+    t.replace_subjects(plan.compiled.subject_entries()).unwrap();
+    let pinned = |addr, identity| IpcacheEntry {
+        addr,
+        prefix_len: 32,
+        value: IpcacheValue { identity, flags: 0 },
+    };
+    let mut ipcache: Vec<IpcacheEntry> = plan
+        .compiled
+        .ipcache_entries()
+        .into_iter()
+        .map(|(k, value)| IpcacheEntry {
+            addr: Ipv4Addr::from(u32::from_be(k.addr)),
+            prefix_len: k.prefixlen as u8,
+            value,
+        })
+        .collect();
+    ipcache.push(pinned(GATEWAY, identity::HOST));
+    for (addr, id) in &plan.outside {
+        if let Some(id) = id {
+            ipcache.push(pinned(*addr, *id));
+        }
+    }
+    assert!(
+        ipcache
+            .iter()
+            .filter(|e| e.value.flags & IPCACHE_F_LOCAL_ENDPOINT != 0)
+            .count()
+            == plan.pod_addrs.len(),
+        "{}: the compiled ipcache must hold every pod",
+        case.id
+    );
+    t.set_ipcache(&ipcache).unwrap();
+    for ns in &plan.ns_ids {
+        t.set_mode(*ns, Mode::Enforce).unwrap();
+    }
+
+    let mut servers = Servers::default();
+    let mut out = Vec::new();
+    for (i, flow) in case.flows.iter().enumerate() {
+        let label = format!("{}#{i} {}", case.id, evaluated[i].flow);
+        let evaluator = evaluated[i].got;
+        let outcome = send_flow(&lab, &plan, case, flow, &mut dp, &mut servers, evaluator);
+        out.push((label, outcome));
+    }
+    out
+}
+
+fn send_flow(
+    lab: &CaseLab,
+    plan: &Plan,
+    case: &Case,
+    flow: &FlowSpec,
+    dp: &mut Datapath,
+    servers: &mut Servers,
+    evaluator: Verdict,
+) -> Outcome {
+    match flow.proto {
+        FlowProto::Tcp | FlowProto::Udp => {}
+        FlowProto::Sctp => return Outcome::Skipped("SCTP (no SCTP sockets here)"),
+        FlowProto::Icmp => return Outcome::Skipped("ICMP (not sent yet)"),
+    }
+    let ends = resolve(case, plan, &flow.from, &flow.from_entity, flow.from_cidr)
+        .and_then(|f| resolve(case, plan, &flow.to, &flow.to_entity, flow.to_cidr).map(|t| (f, t)));
+    let (src, dst) = match ends {
+        Ok(e) => e,
+        Err(why) => return Outcome::Skipped(why),
+    };
+    let (client, server) = if flow.reply { (dst, src) } else { (src, dst) };
+    if !matches!(client, End::Pod(_)) && !matches!(server, End::Pod(_)) {
+        return Outcome::Skipped("no pod on the path (host firewall not attached here)");
+    }
+    if client == server {
+        return Outcome::Skipped("a pod to itself never crosses its veth");
+    }
+    let host_selected = |dir| !plan.compiled.selected_by(identity::HOST, dir).is_empty();
+    if (client == End::Host && host_selected(Direction::Egress))
+        || (server == End::Host && host_selected(Direction::Ingress))
+    {
+        return Outcome::Skipped("host firewall side (nodeSelector policy) not attached here");
+    }
+    let port = flow.port.unwrap();
+    let (from, to) = (addr_of(plan, client), addr_of(plan, server));
+    let client_ns = lab.netns_of(client);
+    let expected = evaluator != Verdict::Deny;
+    let mut attempt = |wait| {
+        dp.tables_mut().flush_conntrack().unwrap();
+        let target = SocketAddr::from((to, port));
+        match flow.proto {
+            FlowProto::Tcp => {
+                let l = servers.tcp(lab, server, to, port);
+                tcp_delivered(&client_ns, from, target, l, flow.reply, wait)
+            }
+            _ => {
+                let s = servers.udp(lab, server, to, port);
+                udp_delivered(&client_ns, from, target, s, flow.reply, wait)
+            }
+        }
+    };
+    let mut delivered = attempt(Duration::from_millis(300));
+    if expected && !delivered {
+        // A slow machine, not a verdict: try once more with time to spare.
+        delivered = attempt(Duration::from_secs(2));
+    }
+    if delivered == expected {
+        Outcome::Agreed
+    } else {
+        Outcome::Disagreed(format!(
+            "evaluator says {evaluator:?}, the datapath {} it ({from} -> {to}:{port})",
+            if delivered {
+                "delivered"
+            } else {
+                "did not deliver"
+            }
+        ))
+    }
+}
+
+fn case_paths() -> [PathBuf; 2] {
+    [
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/policy-cases/seed.yaml"
+        )),
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../recommender/cases")),
+    ]
+}
+
+#[test]
+fn datapath_verdicts_agree_with_the_evaluator_on_every_case_flow() {
+    if !privileged_tests_enabled("datapath_verdicts_agree_with_the_evaluator_on_every_case_flow") {
+        return;
+    }
+    let started = Instant::now();
+    let cases: Vec<(String, Case)> = load_case_paths(&case_paths())
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| {
+            let file = f.file;
+            f.cases.into_iter().map(move |c| (file.clone(), c))
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let results: Vec<(String, Outcome)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    while let Some((file, case)) = cases.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        out.extend(run_in_lab(file, case));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+
+    let mut agreed = 0;
+    let mut disagreed = Vec::new();
+    let mut skipped: BTreeMap<&str, usize> = BTreeMap::new();
+    for (label, outcome) in &results {
+        match outcome {
+            Outcome::Agreed => agreed += 1,
+            Outcome::Disagreed(why) => disagreed.push(format!("{label}: {why}")),
+            Outcome::Skipped(why) => *skipped.entry(why).or_default() += 1,
+        }
+    }
+    let skipped_total: usize = skipped.values().sum();
+    eprintln!(
+        "{agreed} flows agreed, {} disagreed, {skipped_total} skipped ({} cases, {:.1?})",
+        disagreed.len(),
+        cases.len(),
+        started.elapsed()
+    );
+    for (why, n) in &skipped {
+        eprintln!("  skipped {n}: {why}");
+    }
+    for d in &disagreed {
+        eprintln!("  DISAGREES {d}");
+    }
+    assert!(
+        disagreed.is_empty(),
+        "{} flows where the datapath and the evaluator disagree:\n{}",
+        disagreed.len(),
+        disagreed.join("\n")
+    );
+    assert!(
+        agreed >= 150,
+        "only {agreed} flows were sent: the case files or the lab lost most of them"
+    );
+    assert_eq!(
+        results.len(),
+        cases.iter().map(|(_, c)| c.flows.len()).sum::<usize>()
+    );
+}
