@@ -9,6 +9,7 @@
 //! | step | from | request | expected |
 //! |---|---|---|---|
 //! | audit | web/frontend-app | POST /api/v1/refunds | 200 + an `l7-would-deny` http event |
+//! | audit, then flip | web/frontend-app | POST /api/v1/refunds twice on ONE keep-alive connection, `mode enforce` in between | 200, then 403 |
 //! | enforce | web/frontend-app | POST /api/v1/charges | 200 |
 //! | enforce | web/frontend-app | POST /api/v1/refunds | 403 `Access denied` |
 //! | enforce | data/analytics-service | GET /api/v1/charges | 200 |
@@ -140,6 +141,46 @@ fn curl(lab: &Lab, pod: &str, method: &str, path: &str) -> (String, String) {
     (code.trim().to_string(), body.to_string())
 }
 
+/// A Python `http.client` in web/frontend-app: POST refunds, write
+/// `STATUS LOCALADDR`, wait for `go` to exist, the same again on the same
+/// connection.
+fn keepalive_client(lab: &Lab, results: &std::path::Path, go: &std::path::Path) -> Child {
+    let script = format!(
+        r#"
+import http.client, os, time
+c = http.client.HTTPConnection("payments-api.payments", 8080, timeout=5)
+def post():
+    c.request("POST", "/api/v1/refunds")
+    r = c.getresponse()
+    r.read()
+    with open({results:?}, "a") as f:
+        f.write("%d %s\n" % (r.status, c.sock.getsockname()))
+post()
+give_up = time.time() + 30  # never outlive a failed test
+while not os.path.exists({go:?}) and time.time() < give_up:
+    time.sleep(0.05)
+post()
+"#,
+        results = results.to_str().unwrap(),
+        go = go.to_str().unwrap(),
+    );
+    Command::new(cnpilot_bin())
+        .args([
+            "lab",
+            "exec",
+            "web/frontend-app",
+            "--",
+            "python3",
+            "-c",
+            &script,
+        ])
+        .env("CNPILOT_LAB_PREFIX", &lab.prefix)
+        .env("CNPILOT_LAB_DIR", lab.dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting the keep-alive client")
+}
+
 #[test]
 fn the_articles_l7_curls_through_the_agents_proxy() {
     if !privileged_tests_enabled("the_articles_l7_curls_through_the_agents_proxy") {
@@ -174,6 +215,25 @@ fn the_articles_l7_curls_through_the_agents_proxy() {
     assert_eq!(ev["dst"]["name"], "payments/payments-api");
     assert_eq!(ev["status"], 200);
 
+    // A keep-alive connection opened in audit: after the flip, its next
+    // request is already enforced (the proxy reads the mode per request).
+    let results = out.path().join("keepalive.txt");
+    let go = out.path().join("go");
+    let mut client = keepalive_client(&lab, &results, &go);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&results)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "keep-alive client: no first answer"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     let flip = lab.cnpilot(&[
         "mode",
         "-n",
@@ -183,6 +243,26 @@ fn the_articles_l7_curls_through_the_agents_proxy() {
         agent.pin(),
     ]);
     assert_eq!(flip.status.code(), Some(0));
+
+    std::fs::write(&go, "").unwrap();
+    let status = client.wait().unwrap();
+    let lines = std::fs::read_to_string(&results).unwrap();
+    assert!(status.success(), "keep-alive client failed: {lines}");
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (first, second) = (
+        lines[0].split_once(' ').unwrap(),
+        lines[1].split_once(' ').unwrap(),
+    );
+    assert_eq!(first.0, "200", "audit: {lines:?}");
+    assert_eq!(
+        second.0, "403",
+        "enforced on the open connection: {lines:?}"
+    );
+    assert_eq!(
+        first.1, second.1,
+        "both requests on one connection: {lines:?}"
+    );
 
     let cases = [
         ("web/frontend-app", "POST", "/api/v1/charges", "200"),
