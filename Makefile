@@ -16,6 +16,11 @@ lint: deps
 
 # Every tier: unit, datapath integration (root + BPF) and end-to-end on the
 # lab. Root tiers skip loudly when not root, and must run under CI=true.
+# The e2e tests run the cnpilot binary that this same `cargo test` builds
+# (cli has integration tests, so its binary is built with the test feature
+# set); pointing them at it saves a second build with other features.
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+
 test: lint
-	$(CARGO) test --workspace --no-fail-fast
+	CNPILOT_BIN=$(TARGET_DIR)/debug/cnpilot $(CARGO) test --workspace --no-fail-fast
 	$(CARGO) run --quiet --bin cnpilot -- policy test ../shared/policy-cases/seed.yaml recommender/cases
