@@ -5,6 +5,7 @@ mod events;
 mod inventory;
 mod l7;
 mod policy;
+mod store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ pub struct AgentArgs {
     /// The lab's state directory.
     #[arg(long, env = "CNPILOT_LAB_DIR", default_value = inventory::DEFAULT_LAB_DIR)]
     pub lab_dir: PathBuf,
+    /// Flow store directory: every event (and L7 request) also becomes a
+    /// learner `FlowRecord` there, durable once appended; `cnpilot learn
+    /// --store DIR` reads it.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
     /// Detach from every interface, remove every pin, and exit (enforcement stops).
     #[arg(long)]
     pub down: bool,
@@ -111,6 +117,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         .context("starting the tokio runtime")?;
     let _in_runtime = rt.enter();
 
+    store::fresh_event_ring(&args.pin_dir);
     let mut dp = Datapath::load_or_open(&args.pin_dir)?;
     program_maps(&mut dp, &inv, &entries, args.mode)?;
     // The proxy listens before any program can hand it a connection.
@@ -136,6 +143,10 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             })?;
     }
     let mut reader = dp.events()?;
+    let mut sink = match &args.store {
+        Some(dir) => Some(store::StoreSink::open(dir, &args.lab_dir, dp.tables())?),
+        None => None,
+    };
     eprintln!(
         "cnpilot agent: {} pods attached, {} policy entries, {} namespaces; pinned under {}",
         inv.pods.len(),
@@ -169,7 +180,11 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         loop {
             tokio::select! {
                 batch = reader.next_batch() => {
-                    for ev in batch? {
+                    let batch = batch?;
+                    if let Some(sink) = sink.as_mut() {
+                        sink.record_events(&batch)?;
+                    }
+                    for ev in batch {
                         seen += 1;
                         let dropped = ev.verdict == verdict::WOULD_DROP || ev.verdict == verdict::DROPPED;
                         drops += u64::from(dropped);
@@ -189,6 +204,9 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                 } => {
                     seen += 1;
                     let dropped = events::http_is_drop(&ev);
+                    if let Some(sink) = sink.as_mut() {
+                        sink.record_l7(&ev)?;
+                    }
                     drops += u64::from(dropped);
                     if !args.drops_only || dropped {
                         serde_json::to_writer(&mut out, &events::http_line(&ev, &inv))?;
@@ -206,6 +224,18 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     result?;
     out.flush()?;
     let flows = dp.tables().read_counters()?;
+    if let (Some(sink), Some(dir)) = (sink, &args.store) {
+        let s = sink.finish(dp.tables())?;
+        eprintln!(
+            "cnpilot agent: flow store {}: {} event records, {} L7 records, {} counter records \
+             ({} connections recovered from counters)",
+            dir.display(),
+            s.event_records,
+            s.l7_records,
+            s.counter_records,
+            s.recovered_connections
+        );
+    }
     eprintln!(
         "cnpilot agent: stopping; {seen} events ({drops} would-drop/drop), {} flows counted; \
          programs stay attached and pinned (`cnpilot agent --down` removes them)",
