@@ -134,13 +134,24 @@ pub fn stage1(lf: LazyFrame, options: &LearnOptions) -> LazyFrame {
         ])
 }
 
+/// Segments per polars query: the in-memory engine materialises the key
+/// columns of every row it groups, so the store is aggregated a few
+/// segments (≤ 4 × 500k rows) at a time and the partial groups are folded
+/// together; peak memory then depends on the segment size, not the store's.
+pub const SEGMENTS_PER_QUERY: usize = 4;
+
 /// Aggregate every store directory into the flow table.
 pub fn learn(dirs: &[PathBuf], options: &LearnOptions) -> Result<FlowTable, LearnError> {
-    let (lf, scan) = store::scan(dirs, options.since_ns)?;
-    let grouped = stage1(lf, options).collect()?;
-    let mut table = fold(&grouped)?;
-    table.scan = scan;
-    Ok(table)
+    let (paths, scan) = store::readable_segments(dirs, options.since_ns)?;
+    let mut rows = BTreeMap::new();
+    for chunk in paths.chunks(SEGMENTS_PER_QUERY) {
+        let grouped = stage1(store::lazy_segments(chunk)?, options).collect()?;
+        fold_into(&mut rows, &grouped)?;
+    }
+    Ok(FlowTable {
+        rows: rows.into_values().collect(),
+        scan,
+    })
 }
 
 fn strs(df: &DataFrame, name: &str) -> PolarsResult<StringChunked> {
@@ -149,6 +160,15 @@ fn strs(df: &DataFrame, name: &str) -> PolarsResult<StringChunked> {
 
 /// Stage 2: template paths and fold rows sharing a final key.
 pub fn fold(df: &DataFrame) -> PolarsResult<FlowTable> {
+    let mut rows = BTreeMap::new();
+    fold_into(&mut rows, df)?;
+    Ok(FlowTable {
+        rows: rows.into_values().collect(),
+        scan: ScanReport::default(),
+    })
+}
+
+fn fold_into(rows: &mut BTreeMap<SummaryKey, FlowSummary>, df: &DataFrame) -> PolarsResult<()> {
     let u32s = |name: &str| -> PolarsResult<UInt32Chunked> { Ok(df.column(name)?.u32()?.clone()) };
     let u64s = |name: &str| -> PolarsResult<UInt64Chunked> {
         Ok(df.column(name)?.cast(&DataType::UInt64)?.u64()?.clone())
@@ -187,7 +207,6 @@ pub fn fold(df: &DataFrame) -> PolarsResult<FlowTable> {
     let (first, last) = (i64s("first_seen_ns")?, i64s("last_seen_ns")?);
 
     let s = |ca: &StringChunked, i: usize| ca.get(i).unwrap_or_default().to_string();
-    let mut rows: BTreeMap<SummaryKey, FlowSummary> = BTreeMap::new();
     for i in 0..df.height() {
         let dst_identity = dst_id.get(i).unwrap_or_default();
         let mut peer = s(&dst_peer, i);
@@ -267,10 +286,7 @@ pub fn fold(df: &DataFrame) -> PolarsResult<FlowTable> {
             }
         }
     }
-    Ok(FlowTable {
-        rows: rows.into_values().collect(),
-        scan: ScanReport::default(),
-    })
+    Ok(())
 }
 
 impl FlowTable {

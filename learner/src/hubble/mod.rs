@@ -3,6 +3,31 @@
 //! json` of hubble < 0.11, and Hubble exporter files; plain or gzip (detected
 //! by magic bytes), from files or stdin. Lines it cannot use are counted per
 //! reason, never fatal.
+//!
+//! Connection semantics: a connection counts once. Replies (`is_reply`,
+//! deprecated `reply`, TCP SYN+ACK, L7 RESPONSEs) are skipped; a TCP SYN is
+//! a connection (count 1); a later TCP packet of the initiator is kept as
+//! evidence with count 0 (when `is_reply` is absent, the side with the
+//! higher port is taken as the client); UDP/ICMP/SCTP non-replies and L7
+//! requests count 1 each.
+//!
+//! Fields read: `time` (flow, else wrapper), `node_name` (wrapper, else
+//! flow), `verdict`, `drop_reason_desc` / `drop_reason` /
+//! `event_type{type:1,sub_type}`, `IP.source|destination`, `l4` (TCP/UDP/SCTP
+//! ports and TCP flags, ICMP type), `source`/`destination` (`identity`,
+//! `namespace`, `labels`, `pod_name`, `workloads`), `Type`,
+//! `traffic_direction`, `is_reply`/`reply`, `l7.type`, `l7.http` (method,
+//! url → path/query/host, `Host` header, code), `l7.dns` (query, qtypes,
+//! rcode). Ignored: `ethernet`, `IP.ipVersion`/`encrypted`, `ID`,
+//! `cluster_name`, `source_names`/`destination_names`,
+//! `source_service`/`destination_service`, `trace_observation_point`,
+//! `trace_reason`, `event_type` (other than drops), `policy_match_type`,
+//! `*_allowed_by`/`*_denied_by`, `policy_log`, `auth_type`, `uuid`,
+//! `emitter`, `node_labels`, `interface`, `ip_trace_id`, `aggregate`,
+//! `Summary`, `l7.latency_ns`, HTTP `protocol` and other headers, DNS
+//! `ips`/`ttl`/`cnames`/`rrtypes`/`observation_source`, and Kafka L7 records
+//! (skipped with a reason). Packet and byte counts are not in Hubble flows:
+//! each record is 1 packet, 0 bytes.
 
 mod flow;
 

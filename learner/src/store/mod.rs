@@ -304,6 +304,16 @@ pub fn scan(
     dirs: &[PathBuf],
     since_ns: Option<i64>,
 ) -> Result<(LazyFrame, ScanReport), StoreError> {
+    let (paths, report) = readable_segments(dirs, since_ns)?;
+    Ok((lazy_segments(&paths)?, report))
+}
+
+/// The segments [`scan`] would read, after partition pruning and footer
+/// checks (callers that bound memory query them a few at a time).
+pub fn readable_segments(
+    dirs: &[PathBuf],
+    since_ns: Option<i64>,
+) -> Result<(Vec<PathBuf>, ScanReport), StoreError> {
     let schema = store_schema();
     let since_hour = since_ns.map(hour_of);
     let mut report = ScanReport::default();
@@ -328,21 +338,26 @@ pub fn scan(
             }
         }
     }
-    if paths.is_empty() {
-        return Ok((DataFrame::empty_with_schema(&schema).lazy(), report));
-    }
+    Ok((paths, report))
+}
+
+/// A lazy frame over the given segments, in the store schema.
+pub fn lazy_segments(paths: &[PathBuf]) -> Result<LazyFrame, StoreError> {
+    let schema = store_schema();
+    let Some(first) = paths.first() else {
+        return Ok(DataFrame::empty_with_schema(&schema).lazy());
+    };
     let sources: Vec<PlRefPath> = paths
         .iter()
         .map(|p| PlRefPath::try_from_path(p))
         .collect::<PolarsResult<_>>()
-        .map_err(|e| StoreError::polars(&dirs[0], e))?;
+        .map_err(|e| StoreError::polars(first, e))?;
     let args = ScanArgsParquet {
         schema: Some(Arc::new(schema)),
         ..Default::default()
     };
-    let lf = LazyFrame::scan_parquet_files(sources.into_iter().collect(), args)
-        .map_err(|e| StoreError::polars(&dirs[0], e))?;
-    Ok((lf, report))
+    LazyFrame::scan_parquet_files(sources.into_iter().collect(), args)
+        .map_err(|e| StoreError::polars(first, e))
 }
 
 fn check_segment(path: &Path, schema: &Schema) -> Result<usize, String> {
