@@ -15,11 +15,10 @@
 //! under the compiled prefixes). Entities get their reserved identity the
 //! same way; the local host is the node netns (198.19.255.254, identity 1).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cnpilot_bpf::maps::IPCACHE_F_LOCAL_ENDPOINT;
@@ -30,8 +29,14 @@ use cnpilot_recommender::cases::{load_case_paths, run_case, Case, FlowProto, Flo
 use cnpilot_recommender::model::load_str_at;
 use cnpilot_recommender::{CompiledPolicy, IdentityInput, NodeInput, Verdict};
 
-/// The node side's address on every veth: the pods' gateway and the local host.
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+#[path = "agreement_support/lab.rs"]
+mod lab;
+#[path = "agreement_support/packets.rs"]
+mod packets;
+
+use lab::{in_prefix, CaseLab, End, GATEWAY};
+use packets::{raw_delivered, tcp_delivered, udp_delivered, Servers};
+
 const LAB_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 15);
 const WORKERS: usize = 4;
 
@@ -43,151 +48,6 @@ const KNOWN_DISAGREEMENTS: &[(&str, &str)] = &[(
     "bpf/c/cnpilot.bpf.c parse() reads no SCTP ports (policy_port stays 0), so a \
      port-specific SCTP allow never matches: add an IPPROTO_SCTP case like UDP's",
 )];
-
-static NEXT_CASE: AtomicU32 = AtomicU32::new(0);
-
-fn in_prefix(a: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(a) & mask == u32::from(net) & mask
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `ip -n NS -batch -` with one command per line.
-fn ip_batch(ns: &str, lines: &[String]) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["-n", ns, "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.join("\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip -n {ns} -batch: {lines:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Where a flow's end lives in the lab.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum End {
-    /// Endpoint index in the case.
-    Pod(usize),
-    /// The local host: the node netns.
-    Host,
-    /// A stand-in address in the outside netns.
-    Outside(Ipv4Addr),
-}
-
-/// One case's netns cluster and datapath. Drop removes all of it.
-struct CaseLab {
-    node: String,
-    pods: Vec<String>,
-    outside: String,
-    pin_dir: PathBuf,
-    built: Vec<String>,
-}
-
-impl CaseLab {
-    fn new(pod_addrs: &[Ipv4Addr], outside_addrs: &[Ipv4Addr]) -> CaseLab {
-        let n = NEXT_CASE.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("{:x}{n:02x}", std::process::id() & 0xfff);
-        let mut lab = CaseLab {
-            node: format!("cnpag-{tag}-node"),
-            pods: (0..pod_addrs.len())
-                .map(|i| format!("cnpag-{tag}-p{i}"))
-                .collect(),
-            outside: format!("cnpag-{tag}-out"),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/cnpilot-agree-{tag}")),
-            built: Vec::new(),
-        };
-        let all: Vec<String> = [lab.node.clone(), lab.outside.clone()]
-            .into_iter()
-            .chain(lab.pods.iter().cloned())
-            .collect();
-        for ns in &all {
-            sh(&["ip", "netns", "add", ns]);
-            lab.built.push(ns.clone());
-            ip_batch(ns, &["link set lo up".into()]);
-        }
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &lab.node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        for (i, addr) in pod_addrs.iter().enumerate() {
-            lab.wire(&lab.pods[i].clone(), &format!("cag{tag}p{i}"), &[*addr]);
-        }
-        if !outside_addrs.is_empty() {
-            lab.wire(&lab.outside.clone(), &format!("cag{tag}o"), outside_addrs);
-        }
-        lab
-    }
-
-    /// A veth from the node to `ns` whose far side holds `addrs`.
-    fn wire(&self, ns: &str, veth: &str, addrs: &[Ipv4Addr]) {
-        let mut node = vec![
-            format!("link add {veth} type veth peer name eth0 netns {ns}"),
-            format!("addr add {GATEWAY}/32 dev {veth}"),
-            format!("link set {veth} up"),
-        ];
-        let mut far = Vec::new();
-        for a in addrs {
-            node.push(format!("route add {a}/32 dev {veth}"));
-            far.push(format!("addr add {a}/32 dev eth0"));
-        }
-        far.push("link set eth0 up".into());
-        far.push(format!("route add {GATEWAY}/32 dev eth0 scope link"));
-        far.push(format!("route add 198.18.0.0/15 via {GATEWAY}"));
-        ip_batch(&self.node, &node);
-        ip_batch(ns, &far);
-    }
-
-    fn netns_of(&self, end: End) -> PathBuf {
-        netns::named(match end {
-            End::Pod(i) => &self.pods[i],
-            End::Host => &self.node,
-            End::Outside(_) => &self.outside,
-        })
-    }
-
-    fn pod_veth(&self, i: usize) -> String {
-        // The same name `new` gave it: `cag` + tag + `p` + index.
-        let tag = self
-            .node
-            .trim_start_matches("cnpag-")
-            .trim_end_matches("-node");
-        format!("cag{tag}p{i}")
-    }
-}
-
-impl Drop for CaseLab {
-    fn drop(&mut self) {
-        let _ = cnpilot_bpf::unpin_all(&self.pin_dir);
-        for ns in self.built.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 /// What a flow showed, or why it was not sent.
 enum Outcome {
@@ -357,228 +217,6 @@ fn addr_of(plan: &Plan, end: End) -> Ipv4Addr {
     }
 }
 
-/// The sockets a case's flows are received at, made on first use.
-#[derive(Default)]
-struct Servers {
-    tcp: HashMap<(End, u16), TcpListener>,
-    udp: HashMap<(End, u16), UdpSocket>,
-    raw: HashMap<(End, u8), socket2::Socket>,
-}
-
-impl Servers {
-    fn tcp(&mut self, lab: &CaseLab, at: End, addr: Ipv4Addr, port: u16) -> &TcpListener {
-        self.tcp.entry((at, port)).or_insert_with(|| {
-            let l = netns::run_in(&lab.netns_of(at), || TcpListener::bind((addr, port)))
-                .unwrap()
-                .unwrap();
-            l.set_nonblocking(true).unwrap();
-            l
-        })
-    }
-
-    fn udp(&mut self, lab: &CaseLab, at: End, addr: Ipv4Addr, port: u16) -> &UdpSocket {
-        self.udp.entry((at, port)).or_insert_with(|| {
-            netns::run_in(&lab.netns_of(at), || UdpSocket::bind((addr, port)))
-                .unwrap()
-                .unwrap()
-        })
-    }
-}
-
-impl Servers {
-    /// A raw socket for `proto` at `addr`: it gets a copy of every such
-    /// packet delivered there, whether or not the kernel speaks `proto`.
-    fn raw(&mut self, lab: &CaseLab, at: End, addr: Ipv4Addr, proto: u8) -> &socket2::Socket {
-        self.raw.entry((at, proto)).or_insert_with(|| {
-            netns::run_in(&lab.netns_of(at), || raw_socket(addr, proto))
-                .unwrap()
-                .unwrap()
-        })
-    }
-}
-
-fn raw_socket(addr: Ipv4Addr, proto: u8) -> std::io::Result<socket2::Socket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(i32::from(proto))),
-    )?;
-    s.bind(&SocketAddr::from((addr, 0)).into())?;
-    Ok(s)
-}
-
-/// The Internet checksum (RFC 1071).
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An ICMP message of `icmp_type` (echo request by default) or an SCTP
-/// common header to `port` (no chunk: only the datapath and a raw socket
-/// look at it), ending in `nonce`.
-fn raw_message(flow: &FlowSpec, nonce: [u8; 4]) -> Vec<u8> {
-    let mut m = match flow.proto {
-        FlowProto::Icmp => {
-            let mut m = vec![flow.icmp_type.unwrap_or(8), 0, 0, 0];
-            m.extend_from_slice(&nonce); // id and sequence
-            m
-        }
-        _ => {
-            let mut m = 40000u16.to_be_bytes().to_vec();
-            m.extend_from_slice(&flow.port.unwrap_or(0).to_be_bytes());
-            m.extend_from_slice(&[0; 8]); // verification tag, checksum
-            m
-        }
-    };
-    m.extend_from_slice(&nonce);
-    if flow.proto == FlowProto::Icmp {
-        let c = checksum(&m).to_be_bytes();
-        m[2..4].copy_from_slice(&c);
-    }
-    m
-}
-
-/// A raw IPv4 packet from `from` (in `client_ns`): delivered when `server`
-/// sees it arrive, from `from`, with the nonce.
-fn raw_delivered(
-    client_ns: &Path,
-    from: Ipv4Addr,
-    to: Ipv4Addr,
-    flow: &FlowSpec,
-    server: &socket2::Socket,
-    wait: Duration,
-) -> bool {
-    use std::io::Read;
-    static NONCE: AtomicU32 = AtomicU32::new(0x5eed_0000);
-    let nonce = NONCE.fetch_add(1, Ordering::SeqCst).to_be_bytes();
-    let message = raw_message(flow, nonce);
-    netns::run_in(client_ns, || -> std::io::Result<()> {
-        let s = raw_socket(from, flow.proto.number())?;
-        s.send_to(&message, &SocketAddr::from((to, 0)).into())?;
-        Ok(())
-    })
-    .unwrap()
-    .unwrap();
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 256];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        server.set_read_timeout(Some(left)).unwrap();
-        let Ok(n) = (&*server).read(&mut buf) else {
-            return false;
-        };
-        let ihl = usize::from(buf[0] & 0x0f) * 4;
-        if n >= ihl + message.len()
-            && buf[12..16] == from.octets()
-            && buf[ihl..ihl + message.len()] == message[..]
-        {
-            return true;
-        }
-    }
-}
-
-/// Accepts everything queued on `l` (so the backlog never fills up).
-fn drain(l: &TcpListener) {
-    while l.accept().is_ok() {}
-}
-
-/// A TCP connection from `from` (in `client_ns`) to `to`: delivered when
-/// the handshake completes; for a reply flow the server must also get data
-/// back to the client over it.
-fn tcp_delivered(
-    client_ns: &Path,
-    from: Ipv4Addr,
-    to: SocketAddr,
-    listener: &TcpListener,
-    reply: bool,
-    wait: Duration,
-) -> bool {
-    use socket2::{Domain, Protocol, Socket, Type};
-    use std::io::{Read, Write};
-    let connected = netns::run_in(client_ns, || -> std::io::Result<TcpStream> {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        s.bind(&SocketAddr::from((from, 0)).into())?;
-        s.connect_timeout(&to.into(), wait)?;
-        Ok(s.into())
-    })
-    .unwrap();
-    let Ok(mut client) = connected else {
-        drain(listener);
-        return false;
-    };
-    let mut delivered = true;
-    if reply {
-        let local = client.local_addr().unwrap();
-        let deadline = Instant::now() + wait;
-        let accepted = loop {
-            match listener.accept() {
-                Ok((s, peer)) if peer == local => break Some(s),
-                Ok(_) => {}
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-                Err(_) => break None,
-            }
-        };
-        delivered = accepted.is_some_and(|mut server| {
-            server.set_nonblocking(false).unwrap();
-            client.set_read_timeout(Some(wait)).unwrap();
-            let mut buf = [0u8; 5];
-            server.write_all(b"reply").is_ok()
-                && client.read_exact(&mut buf).is_ok()
-                && &buf == b"reply"
-        });
-    }
-    drain(listener);
-    delivered
-}
-
-/// A datagram from `from` (in `client_ns`) to `to`: delivered when `server`
-/// receives it; for a reply flow the server's answer must reach the client.
-fn udp_delivered(
-    client_ns: &Path,
-    from: Ipv4Addr,
-    to: SocketAddr,
-    server: &UdpSocket,
-    reply: bool,
-    wait: Duration,
-) -> bool {
-    static NONCE: AtomicU32 = AtomicU32::new(0);
-    let nonce = NONCE.fetch_add(1, Ordering::SeqCst).to_be_bytes();
-    let client = netns::run_in(client_ns, || UdpSocket::bind((from, 0)))
-        .unwrap()
-        .unwrap();
-    client.send_to(&nonce, to).unwrap();
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 16];
-    let peer = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        server.set_read_timeout(Some(left)).unwrap();
-        match server.recv_from(&mut buf) {
-            Ok((4, peer)) if buf[..4] == nonce => break peer,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    };
-    if !reply {
-        return true;
-    }
-    server.send_to(&nonce, peer).unwrap();
-    client.set_read_timeout(Some(wait)).unwrap();
-    matches!(client.recv_from(&mut buf), Ok((4, _)) if buf[..4] == nonce)
-}
-
 /// Builds the case's lab, programs the datapath and sends every flow.
 fn run_in_lab(file: &str, case: &Case) -> Vec<(String, Outcome)> {
     let evaluated = run_case(case, file).unwrap();
@@ -688,15 +326,15 @@ fn send_flow(
         let target = SocketAddr::from((to, port));
         match flow.proto {
             FlowProto::Tcp => {
-                let l = servers.tcp(lab, server, to, port);
+                let l = servers.tcp(&lab.netns_of(server), to, port);
                 tcp_delivered(&client_ns, from, target, l, flow.reply, wait)
             }
             FlowProto::Udp => {
-                let s = servers.udp(lab, server, to, port);
+                let s = servers.udp(&lab.netns_of(server), to, port);
                 udp_delivered(&client_ns, from, target, s, flow.reply, wait)
             }
             FlowProto::Sctp | FlowProto::Icmp => {
-                let s = servers.raw(lab, server, to, flow.proto.number());
+                let s = servers.raw(&lab.netns_of(server), to, flow.proto.number());
                 raw_delivered(&client_ns, from, to, flow, s, wait)
             }
         }
