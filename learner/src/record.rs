@@ -237,7 +237,14 @@ impl FlowRecord {
         let src_ip = IpAddr::V4(Ipv4Addr::from(u32::from_be(event.saddr)));
         let dst_ip = IpAddr::V4(Ipv4Addr::from(u32::from_be(event.daddr)));
         let peer = |ip: IpAddr, identity: u32| {
-            let resolved = inventory.resolve(ip, ts, Some(node));
+            let by_ip = inventory.resolve(ip, ts, Some(node));
+            // The datapath's identity wins: it was decided on the packet, and
+            // for the L7 proxy's upstream leg it names the client while the
+            // address is the node's.
+            let resolved = match inventory.workload_of_identity(identity) {
+                Some(workload) if identity != by_ip.identity => workload.clone(),
+                _ => by_ip,
+            };
             Peer {
                 identity: if identity != 0 {
                     identity

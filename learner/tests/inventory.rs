@@ -145,6 +145,31 @@ fn datapath_events_become_records_with_labels_resolved_now() {
 }
 
 #[test]
+fn proxy_leg_is_named_by_the_identity_in_its_mark_not_the_node_address() {
+    let inv = inventory();
+    let frontend = inv
+        .resolve(ip("198.18.1.10"), ns("2026-01-02T10:00:00Z"), Some("node-a"))
+        .identity;
+    let node_a = inv
+        .resolve(ip("198.18.0.1"), ns("2026-01-02T10:00:00Z"), Some("node-a"));
+    assert_ne!(node_a.identity, frontend, "fixture: node-a must not be a pod");
+    // The L7 proxy's upstream connection leaves from the node's address and
+    // carries the client's identity in its mark.
+    let event = FlowEvent {
+        saddr: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1)).to_be(),
+        daddr: u32::from(std::net::Ipv4Addr::new(198, 18, 2, 20)).to_be(),
+        src_identity: frontend,
+        dport: 8080,
+        proto: 6,
+        ..Default::default()
+    };
+    let record = FlowRecord::from_event(&event, &inv, "node-a", 0);
+    assert_eq!(record.src.identity, frontend);
+    assert_eq!(record.src.workload, "frontend-app");
+    assert_eq!(record.src.namespace, "web");
+}
+
+#[test]
 fn bad_snapshot_files_say_where() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.json");

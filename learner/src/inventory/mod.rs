@@ -126,6 +126,10 @@ struct PodEntry {
 pub struct Inventory {
     pods_by_ip: HashMap<IpAddr, Vec<PodEntry>>,
     node_by_ip: HashMap<IpAddr, String>,
+    /// Workload identities: the datapath can name a peer by identity alone
+    /// (the L7 proxy's upstream leg carries the client's identity in its
+    /// mark while its address is the node's).
+    workload_by_identity: HashMap<u32, Resolved>,
     allocator: IdentityAllocator,
 }
 
@@ -177,6 +181,11 @@ impl Inventory {
                 });
             }
         }
+        let workload_by_identity = pods_by_ip
+            .values()
+            .flatten()
+            .map(|e| (e.resolved.identity, e.resolved.clone()))
+            .collect();
         let node_by_ip = snapshot
             .nodes
             .iter()
@@ -185,12 +194,18 @@ impl Inventory {
         Self {
             pods_by_ip,
             node_by_ip,
+            workload_by_identity,
             allocator,
         }
     }
 
     pub fn allocator(&self) -> &IdentityAllocator {
         &self.allocator
+    }
+
+    /// The workload a numeric identity stands for, when it is a pod identity.
+    pub fn workload_of_identity(&self, identity: u32) -> Option<&Resolved> {
+        self.workload_by_identity.get(&identity)
     }
 
     /// The identity of `ip` at `at_ns` (Unix ns), seen from `observing_node`.
