@@ -7,12 +7,14 @@
 //! The attempts are raw bytes written from `web/frontend-app` (allowed only
 //! GET/POST `/api/v1/charges`) with bash's `/dev/tcp`, so nothing between the
 //! test and the proxy rewrites them. "Never reached the server" is checked
-//! twice: the agent's http events for the attempt are exactly the expected
-//! verdicts (`l7-denied` / `unparseable`, never `allowed` for refunds), and
-//! the client's byte stream holds no answer of the lab server for a denied
-//! request (the lab server echoes `{"pod","method","path","status"}` in
-//! every answer it gives and the proxy relays exactly one answer per
-//! forwarded request).
+//! three ways: the agent's http events for the attempt are exactly the
+//! expected verdicts (`l7-denied` / `unparseable`, never `allowed` for
+//! refunds); the client's byte stream holds no server answer for a denied
+//! request (the server echoes `{"pod","method","path","status"}`); and,
+//! for the bypass attempts, the payments-api servers are replaced by a
+//! recorder (this test binary, [`recording_payments_server`], started in
+//! the pods' namespaces) that appends every byte it receives to a file,
+//! which must never contain `refunds`.
 //!
 //! | attempt (from web/frontend-app) | expected | observed |
 //! |---|---|---|
@@ -512,11 +514,153 @@ fn l7_bypass_attempts_and_seed_payments_matrix_on_the_lab() {
     // The bypass attempts, one after the other: each one's events are the
     // ones that arrive while it runs.
     let mut table = Vec::new();
+    let recorded = out.path().join("payments-received.bin");
+    let recorders = Recorders::replace_payments_servers(&lab, &recorded);
     for a in attempts() {
         table.push(check_attempt(&lab, &agent, &a));
+        let received =
+            String::from_utf8_lossy(&std::fs::read(&recorded).unwrap_or_default()).into_owned();
+        assert!(
+            !received.contains("refunds"),
+            "BYPASS: the server received a denied request during `{}`:\n{received}",
+            a.name
+        );
     }
+    let received = std::fs::read(&recorded).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&received).contains("/api/v1/charges"),
+        "the recorder saw none of the allowed requests: is it the server?"
+    );
+    drop(recorders);
     eprintln!("{}", table.join("\n"));
     eprintln!("whole run {:?}", started.elapsed());
     drop(agent);
     drop(lab);
+}
+
+const RECORD_ENV: &str = "CNPILOT_BYPASS_RECORD";
+
+/// The recorders standing in for payments-api's lab servers; killed on drop.
+struct Recorders(Vec<Child>);
+
+impl Recorders {
+    /// Stops the lab's payments-api servers (processes this test's lab
+    /// started, by pid) and starts a recorder in each replica's namespace.
+    fn replace_payments_servers(lab: &Lab, file: &std::path::Path) -> Recorders {
+        let state = lab.state();
+        let mut children = Vec::new();
+        for pod in state["pods"].as_array().unwrap() {
+            if pod["namespace"] != "payments" {
+                continue;
+            }
+            let pid = pod["serverPid"].as_i64().unwrap();
+            Command::new("kill").arg(pid.to_string()).status().unwrap();
+            let netns = pod["netns"].as_str().unwrap();
+            let port_free = || {
+                !String::from_utf8_lossy(
+                    &Command::new("ip")
+                        .args(["netns", "exec", netns, "ss", "-Htln", "sport = :8080"])
+                        .output()
+                        .unwrap()
+                        .stdout,
+                )
+                .contains("8080")
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !port_free() {
+                assert!(Instant::now() < deadline, "lab server {pid} still on 8080");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let child = Command::new("ip")
+                .args(["netns", "exec", netns])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "recording_payments_server"])
+                .env(RECORD_ENV, file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            children.push(child);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while port_free() {
+                assert!(
+                    Instant::now() < deadline,
+                    "recorder not listening in {netns}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        assert_eq!(children.len(), 2, "payments-api has two replicas");
+        Recorders(children)
+    }
+}
+
+impl Drop for Recorders {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Not a test: the recorder the main test runs inside the payments-api
+/// pods (`--ignored --exact`, with `CNPILOT_BYPASS_RECORD` set). It appends
+/// every byte it receives to that file and answers each request head with
+/// a 200 echoing the path, as the lab server does (requests carry no body
+/// here); it exits after 60 s at most.
+#[test]
+#[ignore = "helper process of l7_bypass_attempts_and_seed_payments_matrix_on_the_lab"]
+fn recording_payments_server() {
+    use std::io::{Read, Write};
+    let Some(file) = std::env::var_os(RECORD_ENV) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        std::process::exit(0);
+    });
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let file = PathBuf::from(&file);
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 16 * 1024];
+            while Instant::now() < give_up {
+                let n = match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&file)
+                    .unwrap();
+                log.write_all(&chunk[..n]).unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let mut words = head.split(' ');
+                    let method = words.next().unwrap_or("");
+                    let path = words.next().unwrap_or("");
+                    let body = format!(
+                        "{{\"pod\":\"recorder\",\"method\":\"{method}\",\"path\":\"{path}\",\"status\":200}}"
+                    );
+                    let close = head.contains("HTTP/1.0")
+                        || head.to_ascii_lowercase().contains("connection: close");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{}\r\n{body}",
+                        body.len(),
+                        if close { "Connection: close\r\n" } else { "" }
+                    );
+                    if stream.write_all(answer.as_bytes()).is_err() || close {
+                        return;
+                    }
+                }
+            }
+        });
+    }
 }
