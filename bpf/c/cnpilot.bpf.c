@@ -30,6 +30,12 @@ struct cnp_icmphdr {
 	__be16 id;
 	__be16 sequence;
 };
+/* The first four bytes of TCP, UDP and SCTP headers alike. */
+struct cnp_ports {
+	__be16 source;
+	__be16 dest;
+};
+
 #define CNP_ICMP_ECHOREPLY 0
 #define CNP_ICMP_ECHO 8
 
@@ -153,6 +159,17 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 			return -1;
 		p->sport = bpf_ntohs(udp->source);
 		p->dport = bpf_ntohs(udp->dest);
+		p->policy_port = p->dport;
+		break;
+	}
+	case IPPROTO_SCTP: {
+		/* The SCTP common header starts with the two ports, as UDP's
+		 * does; linux/sctp.h does not build for the BPF target. */
+		struct cnp_ports *ports = l4;
+		if ((void *)(ports + 1) > data_end)
+			return -1;
+		p->sport = bpf_ntohs(ports->source);
+		p->dport = bpf_ntohs(ports->dest);
 		p->policy_port = p->dport;
 		break;
 	}

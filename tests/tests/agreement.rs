@@ -43,11 +43,7 @@ const WORKERS: usize = 4;
 /// Flows where the datapath is known to be wrong, with the fix it needs.
 /// They are still sent and printed; one that starts agreeing is reported so
 /// its line can go.
-const KNOWN_DISAGREEMENTS: &[(&str, &str)] = &[(
-    "l4-protocol-any-and-omitted#2",
-    "bpf/c/cnpilot.bpf.c parse() reads no SCTP ports (policy_port stays 0), so a \
-     port-specific SCTP allow never matches: add an IPPROTO_SCTP case like UDP's",
-)];
+const KNOWN_DISAGREEMENTS: &[(&str, &str)] = &[];
 
 /// What a flow showed, or why it was not sent.
 enum Outcome {
