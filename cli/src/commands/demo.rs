@@ -83,19 +83,27 @@ fn run_lab_demo(me: &Path, policies: &Path, args: &DemoArgs) -> anyhow::Result<(
     run_checked(me, &["lab", "status"])?;
 
     step("4. The agent attaches eBPF programs to every pod's veth, in audit mode");
-    let events = std::env::temp_dir().join(format!("cnpilot-demo-{}.jsonl", std::process::id()));
-    let mut agent = Command::new(me)
+    let work = std::env::temp_dir().join(format!("cnpilot-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let events = work.join("events.jsonl");
+    let store = work.join("store");
+    println!(
+        "$ cnpilot agent --mode audit --policies {} --events {} --store {} &",
+        policies.display(),
+        events.display(),
+        store.display()
+    );
+    let agent = Command::new(me)
         .args(["agent", "--mode", "audit", "--policies"])
         .arg(policies)
         .arg("--events")
         .arg(&events)
+        .arg("--store")
+        .arg(&store)
         .stdin(Stdio::null())
         .spawn()
         .context("starting the agent")?;
-    let agent_guard = scopeguard(move || {
-        let _ = agent.kill();
-        let _ = agent.wait();
-    });
+    let mut agent = AgentProcess(agent);
     std::thread::sleep(Duration::from_secs(2));
 
     step("5. The workloads talk; audit mode drops nothing but records what policy would drop");
@@ -135,8 +143,41 @@ fn run_lab_demo(me: &Path, policies: &Path, args: &DemoArgs) -> anyhow::Result<(
         let mark = if code == expect { "ok " } else { "BAD" };
         println!("  [{mark}] {pod:<24} {method:<4} {path:<18} -> {code} (article: {expect})");
     }
-    drop(agent_guard);
+
+    step("7. The agent stops (programs stay attached, enforcement holds); what it learned");
+    agent.stop()?;
+    run_checked(me, &["learn", "--store", &path_arg(&store)])?;
+    println!("\n  events: {}\n  store:  {}", events.display(), store.display());
     Ok(())
+}
+
+/// The agent as a child: stopped with SIGTERM so it flushes its store, and
+/// killed if the demo fails before that.
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.0.id()).context("agent pid out of range")?;
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let status = self.0.wait().context("waiting for the agent")?;
+        // Exit 1 means it saw drops: expected here.
+        if !matches!(status.code(), Some(0) | Some(1)) {
+            bail!("the agent ended with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Folds the agent's JSON-line events into one line per distinct flow
@@ -179,18 +220,6 @@ fn summarize_events(events: &Path) -> anyhow::Result<()> {
         println!("  {verdict:<11} {src:<32} -> {dst:<32} {port:<10} x{n}");
     }
     Ok(())
-}
-
-struct Guard<F: FnOnce()>(Option<F>);
-impl<F: FnOnce()> Drop for Guard<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
-fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
-    Guard(Some(f))
 }
 
 fn step(title: &str) {
