@@ -148,11 +148,17 @@ fn datapath_events_become_records_with_labels_resolved_now() {
 fn proxy_leg_is_named_by_the_identity_in_its_mark_not_the_node_address() {
     let inv = inventory();
     let frontend = inv
-        .resolve(ip("198.18.1.10"), ns("2026-01-02T10:00:00Z"), Some("node-a"))
+        .resolve(
+            ip("198.18.1.10"),
+            ns("2026-01-02T10:00:00Z"),
+            Some("node-a"),
+        )
         .identity;
-    let node_a = inv
-        .resolve(ip("198.18.0.1"), ns("2026-01-02T10:00:00Z"), Some("node-a"));
-    assert_ne!(node_a.identity, frontend, "fixture: node-a must not be a pod");
+    let node_a = inv.resolve(ip("198.18.0.1"), ns("2026-01-02T10:00:00Z"), Some("node-a"));
+    assert_ne!(
+        node_a.identity, frontend,
+        "fixture: node-a must not be a pod"
+    );
     // The L7 proxy's upstream connection leaves from the node's address and
     // carries the client's identity in its mark.
     let event = FlowEvent {

@@ -147,7 +147,11 @@ fn run_lab_demo(me: &Path, policies: &Path, args: &DemoArgs) -> anyhow::Result<(
     step("7. The agent stops (programs stay attached, enforcement holds); what it learned");
     agent.stop()?;
     run_checked(me, &["learn", "--store", &path_arg(&store)])?;
-    println!("\n  events: {}\n  store:  {}", events.display(), store.display());
+    println!(
+        "\n  events: {}\n  store:  {}",
+        events.display(),
+        store.display()
+    );
     Ok(())
 }
 
@@ -212,7 +216,13 @@ fn summarize_events(events: &Path) -> anyhow::Result<()> {
         };
         let port = format!("{}/{}", field(&["proto"]), field(&["dst", "port"]));
         *flows
-            .entry((rank, verdict, field(&["src", "name"]), field(&["dst", "name"]), port))
+            .entry((
+                rank,
+                verdict,
+                field(&["src", "name"]),
+                field(&["dst", "name"]),
+                port,
+            ))
             .or_default() += 1;
     }
     println!("  {total} events, {} distinct flows:", flows.len());
