@@ -511,3 +511,20 @@ fn agent_down_leaves_no_pins_and_lab_down_nothing_else() {
     assert_eq!(rig.lab.leftovers(), Vec::<String>::new());
     assert!(!rig.pin_dir.exists());
 }
+
+#[test]
+fn lab_down_alone_removes_the_pins_of_an_agent_that_ran_on_it() {
+    if !privileged_tests_enabled("lab_down_alone_removes_the_pins_of_an_agent_that_ran_on_it") {
+        return;
+    }
+    let mut rig = Rig::up();
+    rig.start_agent(&["--events", "/dev/null"]);
+    assert!(rig.pin_dir.join("links").read_dir().unwrap().count() > 0);
+    rig.signal_agent("-TERM");
+    assert!(rig.pin_dir.exists(), "the agent must leave its pins");
+    // No `agent --down`: the lab going away takes the pins with it.
+    let lab_down = rig.lab.cnpilot(&["lab", "down"]);
+    assert_eq!(lab_down.status.code(), Some(0));
+    assert_eq!(rig.lab.leftovers(), Vec::<String>::new());
+    assert!(!rig.pin_dir.exists(), "pins left under {:?}", rig.pin_dir);
+}

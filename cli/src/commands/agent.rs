@@ -119,6 +119,13 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
 
     store::fresh_event_ring(&args.pin_dir);
     let mut dp = Datapath::load_or_open(&args.pin_dir)?;
+    let pins_note = args.lab_dir.join(crate::lab::AGENT_PIN_DIR_FILE);
+    if let Err(err) = std::fs::write(&pins_note, args.pin_dir.display().to_string()) {
+        tracing::warn!(
+            "{}: {err}; `lab down` will not remove the pins",
+            pins_note.display()
+        );
+    }
     program_maps(&mut dp, &inv, &entries, args.mode)?;
     // The proxy listens before any program can hand it a connection.
     let mut http_events = match args.proxy_port {

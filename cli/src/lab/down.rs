@@ -14,6 +14,10 @@ use super::plan;
 use super::state::{self, LabState, StateError};
 use super::up::{require_root, resolv_conf_marker};
 
+/// Written by `cnpilot agent` in the lab directory: the bpffs directory it
+/// pinned its programs and maps under, for `lab down` to remove.
+pub const AGENT_PIN_DIR_FILE: &str = "agent-pin-dir";
+
 pub struct DownOptions {
     /// `None`: the state file's prefix, else the default.
     pub prefix: Option<String>,
@@ -144,7 +148,21 @@ pub fn down(opts: &DownOptions) -> anyhow::Result<DownReport> {
         }
     }
 
+    // An agent that ran on this lab left its programs pinned on purpose
+    // (enforcement outlives the agent); the lab going away ends that.
+    let agent_pins_note = opts.dir.join(AGENT_PIN_DIR_FILE);
+    if let Ok(pin_dir) = std::fs::read_to_string(&agent_pins_note) {
+        let pin_dir = PathBuf::from(pin_dir.trim());
+        if pin_dir.exists() {
+            match cnpilot_bpf::unpin_all(&pin_dir) {
+                Ok(()) => report.files.push(pin_dir),
+                Err(err) => tracing::warn!("unpinning {}: {err}", pin_dir.display()),
+            }
+        }
+    }
+
     let mut lab_files = vec![
+        agent_pins_note,
         state::state_path(&opts.dir),
         state::inventory_path(&opts.dir),
         opts.dir.join("logs"),

@@ -10,6 +10,7 @@ use crate::Outcome;
 
 mod dns;
 mod down;
+pub use down::AGENT_PIN_DIR_FILE;
 mod http;
 mod inventory;
 mod netns;
