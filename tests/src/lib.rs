@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -189,4 +190,119 @@ pub fn lab_server_pids(prefix: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// `cnpilot agent` on a test lab with the article's policies
+/// (`cli/policies/seed`) in audit mode, its own pin dir and event file.
+/// Dropping it kills the agent and runs `agent --down` (drop it before the
+/// `Lab`, which then comes down).
+pub struct SeedAgent<'a> {
+    lab: &'a Lab,
+    child: std::process::Child,
+    pub pin_dir: PathBuf,
+    pub events: PathBuf,
+    stderr: PathBuf,
+}
+
+impl<'a> SeedAgent<'a> {
+    /// Starts the agent and waits until it has attached to every pod.
+    pub fn start(lab: &'a Lab, out: &Path) -> SeedAgent<'a> {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/cnpilot-{}", lab.prefix));
+        let events = out.join("events.jsonl");
+        let stderr = out.join("agent.err");
+        let child = Command::new(cnpilot_bin())
+            .args(["agent", "--policies"])
+            .arg(workspace_root().join("cli/policies/seed"))
+            .args(["--mode", "audit", "--pin-dir"])
+            .arg(&pin_dir)
+            .arg("--events")
+            .arg(&events)
+            .env("CNPILOT_LAB_PREFIX", &lab.prefix)
+            .env("CNPILOT_LAB_DIR", lab.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("creating the agent's stderr file"))
+            .spawn()
+            .expect("starting cnpilot agent");
+        let agent = SeedAgent {
+            lab,
+            child,
+            pin_dir,
+            events,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !agent.stderr_text().contains("pods attached") {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start:\n{}",
+                agent.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn pin(&self) -> &str {
+        self.pin_dir.to_str().expect("pin dirs are UTF-8")
+    }
+
+    /// The agent's `"type":"http"` event lines so far, in order.
+    pub fn http_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] == "http")
+            .collect()
+    }
+
+    /// Waits (the agent flushes per event) for an http event matching `f`.
+    pub fn wait_http(
+        &self,
+        what: &str,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = self.http_events().into_iter().find(|e| f(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no http event {what}; got {:#?}",
+                self.http_events()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The http events after the first `since`, once there are at least
+    /// `want` of them and no more arrive for a moment.
+    pub fn events_after(&self, since: usize, want: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let all = self.http_events();
+            if all.len() >= since + want {
+                std::thread::sleep(Duration::from_millis(150));
+                return self.http_events().split_off(since);
+            }
+            if Instant::now() > deadline {
+                return all.into_iter().skip(since).collect();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for SeedAgent<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pin = self.pin_dir.display().to_string();
+        let _ = self.lab.cnpilot(&["agent", "--down", "--pin-dir", &pin]);
+    }
 }

@@ -16,107 +16,11 @@
 //! | enforce | data/analytics-service | POST /api/v1/charges | 403 `Access denied` |
 //! | enforce | tenant-a/worker | GET /api/v1/charges | no answer (dropped at L3/L4, never reaches the proxy) |
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cnpilot_bpf::testing::privileged_tests_enabled;
-use cnpilot_e2e::{cnpilot_bin, workspace_root, Lab};
-
-/// The agent process and its pins; killed and `agent --down` on drop (the
-/// lab itself comes down when `Lab` drops, after this).
-struct Agent<'a> {
-    lab: &'a Lab,
-    child: Child,
-    pin_dir: PathBuf,
-    events: PathBuf,
-    stderr: PathBuf,
-}
-
-impl<'a> Agent<'a> {
-    fn start(lab: &'a Lab, out: &tempfile::TempDir) -> Agent<'a> {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/cnpilot-{}", lab.prefix));
-        let events = out.path().join("events.jsonl");
-        let stderr = out.path().join("agent.err");
-        let child = Command::new(cnpilot_bin())
-            .args(["agent", "--policies"])
-            .arg(workspace_root().join("cli/policies/seed"))
-            .args(["--mode", "audit", "--pin-dir"])
-            .arg(&pin_dir)
-            .arg("--events")
-            .arg(&events)
-            .env("CNPILOT_LAB_PREFIX", &lab.prefix)
-            .env("CNPILOT_LAB_DIR", lab.dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting cnpilot agent");
-        let agent = Agent {
-            lab,
-            child,
-            pin_dir,
-            events,
-            stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !agent.stderr_text().contains("pods attached") {
-            assert!(
-                Instant::now() < deadline,
-                "agent did not start:\n{}",
-                agent.stderr_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        agent
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn pin(&self) -> &str {
-        self.pin_dir.to_str().unwrap()
-    }
-
-    /// The agent's `"type":"http"` event lines so far.
-    fn http_events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["type"] == "http")
-            .collect()
-    }
-
-    /// Waits (the agent flushes per event) for an http event matching `f`.
-    fn wait_http(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(e) = self.http_events().into_iter().find(|e| f(e)) {
-                return e;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no http event {what}; got {:#?}",
-                self.http_events()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent<'_> {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = self.lab.cnpilot(&[
-            "agent",
-            "--down",
-            "--pin-dir",
-            self.pin_dir.to_str().unwrap(),
-        ]);
-    }
-}
+use cnpilot_e2e::{cnpilot_bin, Lab, SeedAgent as Agent};
 
 /// `curl` from inside a pod: (status code as curl prints it, body).
 fn curl(lab: &Lab, pod: &str, method: &str, path: &str) -> (String, String) {
@@ -190,7 +94,7 @@ fn the_articles_l7_curls_through_the_agents_proxy() {
     let up = lab.cnpilot(&["lab", "up", "--scenario", "seed"]);
     assert_eq!(up.status.code(), Some(0), "lab up failed");
     let out = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&lab, &out);
+    let agent = Agent::start(&lab, out.path());
     let node = lab.state()["node"]["netns"].as_str().unwrap().to_string();
 
     // The agent's route for marked packets lives in the node namespace.

@@ -54,102 +54,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cnpilot_bpf::testing::privileged_tests_enabled;
-use cnpilot_e2e::{cnpilot_bin, workspace_root, Lab};
-use serde_json::Value;
+use cnpilot_e2e::{cnpilot_bin, Lab, SeedAgent as Agent};
 
 const HOST: &str = "Host: payments-api.payments:8080\r\n";
-
-/// The agent process and its pins; killed and `agent --down` on drop (the
-/// lab itself comes down when `Lab` drops, after this).
-struct Agent<'a> {
-    lab: &'a Lab,
-    child: Child,
-    pin_dir: PathBuf,
-    events: PathBuf,
-    stderr: PathBuf,
-}
-
-impl<'a> Agent<'a> {
-    fn start(lab: &'a Lab, out: &tempfile::TempDir) -> Agent<'a> {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/cnpilot-{}", lab.prefix));
-        let events = out.path().join("events.jsonl");
-        let stderr = out.path().join("agent.err");
-        let child = Command::new(cnpilot_bin())
-            .args(["agent", "--policies"])
-            .arg(workspace_root().join("cli/policies/seed"))
-            .args(["--mode", "audit", "--pin-dir"])
-            .arg(&pin_dir)
-            .arg("--events")
-            .arg(&events)
-            .env("CNPILOT_LAB_PREFIX", &lab.prefix)
-            .env("CNPILOT_LAB_DIR", lab.dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting cnpilot agent");
-        let agent = Agent {
-            lab,
-            child,
-            pin_dir,
-            events,
-            stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !agent.stderr_text().contains("pods attached") {
-            assert!(
-                Instant::now() < deadline,
-                "agent did not start:\n{}",
-                agent.stderr_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        agent
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// The agent's `"type":"http"` event lines so far, in order.
-    fn http_events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["type"] == "http")
-            .collect()
-    }
-
-    /// The http events after the first `since`, once there are at least
-    /// `want` of them and no more arrive for a moment.
-    fn events_after(&self, since: usize, want: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let all = self.http_events();
-            if all.len() >= since + want {
-                std::thread::sleep(Duration::from_millis(150));
-                return self.http_events().split_off(since);
-            }
-            if Instant::now() > deadline {
-                return all.into_iter().skip(since).collect();
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-}
-
-impl Drop for Agent<'_> {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = self.lab.cnpilot(&[
-            "agent",
-            "--down",
-            "--pin-dir",
-            self.pin_dir.to_str().unwrap(),
-        ]);
-    }
-}
 
 /// A shell command running `args` inside a lab pod.
 fn in_pod(lab: &Lab, pod: &str, args: &[&str]) -> Command {
@@ -425,7 +332,7 @@ fn l7_bypass_attempts_and_seed_payments_matrix_on_the_lab() {
     let up = lab.cnpilot(&["lab", "up", "--scenario", "seed"]);
     assert_eq!(up.status.code(), Some(0), "lab up failed");
     let out = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&lab, &out);
+    let agent = Agent::start(&lab, out.path());
     let flip = lab.cnpilot(&[
         "mode",
         "-n",
