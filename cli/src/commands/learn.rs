@@ -173,6 +173,9 @@ fn peer_name(namespace: &str, workload: &str, identity: u32) -> String {
     match (namespace.is_empty(), workload.is_empty()) {
         (false, _) => format!("{namespace}/{workload}"),
         (true, false) => workload.to_string(),
+        // Identity 0 is no identity: the source recorded nothing about this
+        // peer (a field-masked Hubble export, say).
+        (true, true) if identity == 0 => "(unknown)".to_string(),
         (true, true) => format!("identity:{identity}"),
     }
 }
@@ -245,4 +248,17 @@ fn print_table(table: &FlowTable) {
         table.scan.segments,
         table.would_drops()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_name;
+
+    #[test]
+    fn peers_are_named_by_workload_then_identity_and_never_as_identity_zero() {
+        assert_eq!(peer_name("web", "frontend-app", 3855), "web/frontend-app");
+        assert_eq!(peer_name("", "cnp-node", 1), "cnp-node");
+        assert_eq!(peer_name("", "", 12345), "identity:12345");
+        assert_eq!(peer_name("", "", 0), "(unknown)");
+    }
 }
