@@ -9,6 +9,7 @@ pub mod maps;
 pub mod netns;
 pub mod tables;
 
+pub mod testbed;
 pub mod testing;
 
 pub use error::DatapathError;

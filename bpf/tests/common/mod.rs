@@ -8,141 +8,49 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cnpilot_bpf::maps::*;
-use cnpilot_bpf::{netns, Datapath, IpcacheEntry};
+use cnpilot_bpf::{netns, Datapath};
 
-pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-/// The node side's address on every veth, the pods' gateway.
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
-pub const ID_A: u32 = 1001;
-pub const ID_B: u32 = 2001;
-pub const NS_A: u32 = 1;
-pub const NS_B: u32 = 2;
+// Each test binary uses a different subset.
+use cnpilot_bpf::testbed::TwoPods;
+#[allow(unused_imports)]
+pub use cnpilot_bpf::testbed::{ADDR_A, ADDR_B, ID_A, ID_B, NS_A, NS_B};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The shared two-pod testbed, named uniquely per test.
 pub struct Lab {
     pub tag: String,
-    pub node: String,
-    pub pod_a: String,
-    pub pod_b: String,
-    pub veth_a: String,
-    pub veth_b: String,
-    pub ifindex_a: u32,
-    pub ifindex_b: u32,
-    pub pin_dir: PathBuf,
+    pods: TwoPods,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = TwoPods;
+    fn deref(&self) -> &TwoPods {
+        &self.pods
+    }
 }
 
 pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = cnpilot_bpf::testbed::sh(args) {
+        panic!("{e}");
+    }
 }
 
 impl Lab {
     pub fn new() -> Lab {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{:x}{n:x}", std::process::id() & 0xfffff);
-        let lab = Lab {
-            node: format!("cnpt-{tag}-node"),
-            pod_a: format!("cnpt-{tag}-a"),
-            pod_b: format!("cnpt-{tag}-b"),
-            veth_a: format!("cnp{tag}a"),
-            veth_b: format!("cnp{tag}b"),
-            ifindex_a: 0,
-            ifindex_b: 0,
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/cnpilot-test-{tag}")),
-            tag,
-        };
-        // From here on Drop cleans up whatever part got built.
-        let mut lab = lab;
-        for ns in [&lab.node, &lab.pod_a, &lab.pod_b] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &lab.node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        for (pod, veth, addr) in [
-            (&lab.pod_a, &lab.veth_a, ADDR_A),
-            (&lab.pod_b, &lab.veth_b, ADDR_B),
-        ] {
-            sh(&[
-                "ip", "-n", &lab.node, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-                "netns", pod,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &lab.node,
-                "addr",
-                "add",
-                &format!("{GATEWAY}/32"),
-                "dev",
-                veth,
-            ]);
-            sh(&["ip", "-n", &lab.node, "link", "set", veth, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &lab.node,
-                "route",
-                "add",
-                &format!("{addr}/32"),
-                "dev",
-                veth,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                pod,
-                "addr",
-                "add",
-                &format!("{addr}/32"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", pod, "link", "set", "eth0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                &format!("{GATEWAY}/32"),
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                "198.18.0.0/15",
-                "via",
-                &GATEWAY.to_string(),
-            ]);
-        }
-        lab.ifindex_a = netns::ifindex(&netns::named(&lab.node), &lab.veth_a).unwrap();
-        lab.ifindex_b = netns::ifindex(&netns::named(&lab.node), &lab.veth_b).unwrap();
-        lab
+        let pods = TwoPods::build(
+            &format!("cnpt-{tag}"),
+            &format!("cnp{tag}"),
+            PathBuf::from(format!("/sys/fs/bpf/cnpilot-test-{tag}")),
+        )
+        .unwrap();
+        Lab { tag, pods }
     }
 
     pub fn ns(&self, name: &str) -> PathBuf {
@@ -156,46 +64,7 @@ impl Lab {
         let node = self.ns(&self.node);
         dp.attach(Some(&node), &self.veth_a).unwrap();
         dp.attach(Some(&node), &self.veth_b).unwrap();
-        let t = dp.tables_mut();
-        t.upsert_endpoint(
-            self.ifindex_a,
-            EndpointValue {
-                identity: ID_A,
-                ns_id: NS_A,
-                addr: u32::from(ADDR_A).to_be(),
-                flags: 0,
-            },
-        )
-        .unwrap();
-        t.upsert_endpoint(
-            self.ifindex_b,
-            EndpointValue {
-                identity: ID_B,
-                ns_id: NS_B,
-                addr: u32::from(ADDR_B).to_be(),
-                flags: 0,
-            },
-        )
-        .unwrap();
-        t.set_ipcache(&[
-            IpcacheEntry {
-                addr: ADDR_A,
-                prefix_len: 32,
-                value: IpcacheValue {
-                    identity: ID_A,
-                    flags: IPCACHE_F_LOCAL_ENDPOINT,
-                },
-            },
-            IpcacheEntry {
-                addr: ADDR_B,
-                prefix_len: 32,
-                value: IpcacheValue {
-                    identity: ID_B,
-                    flags: IPCACHE_F_LOCAL_ENDPOINT,
-                },
-            },
-        ])
-        .unwrap();
+        self.register(dp.tables_mut()).unwrap();
         dp
     }
 
@@ -233,15 +102,6 @@ impl Lab {
             matches!(s.recv_from(&mut buf), Ok((5, _)))
         })
         .unwrap()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = cnpilot_bpf::unpin_all(&self.pin_dir);
-        for ns in [&self.pod_a, &self.pod_b, &self.node] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 

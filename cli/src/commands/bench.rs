@@ -10,17 +10,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use cnpilot_bpf::maps::*;
-use cnpilot_bpf::{Datapath, IpcacheEntry, Mode};
+use cnpilot_bpf::testbed::{ID_A, ID_B, NS_A, NS_B};
+use cnpilot_bpf::{Datapath, Mode};
 use serde::Serialize;
 
 use crate::Outcome;
 use measure::{CONN_PORT, IPERF_PORT};
-use topo::{sh, sh_in_with_input, Topo, ADDR_A, ADDR_B};
-
-const ID_A: u32 = 1001;
-const ID_B: u32 = 2001;
-const NS_A: u32 = 1;
-const NS_B: u32 = 2;
+use topo::{sh, sh_in_with_input, Topo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -100,7 +96,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
         .enable_all()
         .build()?;
     let _in_runtime = rt.enter();
-    let topo = Topo::build().context("building the benchmark namespaces")?;
+    let topo = topo::build().context("building the benchmark namespaces")?;
     let report = bench(
         &topo,
         seconds,
@@ -200,42 +196,7 @@ fn bench(
 
 fn program(dp: &mut Datapath, topo: &Topo) -> anyhow::Result<()> {
     let t = dp.tables_mut();
-    t.upsert_endpoint(
-        topo.ifindex_a,
-        EndpointValue {
-            identity: ID_A,
-            ns_id: NS_A,
-            addr: u32::from(ADDR_A).to_be(),
-            flags: 0,
-        },
-    )?;
-    t.upsert_endpoint(
-        topo.ifindex_b,
-        EndpointValue {
-            identity: ID_B,
-            ns_id: NS_B,
-            addr: u32::from(ADDR_B).to_be(),
-            flags: 0,
-        },
-    )?;
-    t.set_ipcache(&[
-        IpcacheEntry {
-            addr: ADDR_A,
-            prefix_len: 32,
-            value: IpcacheValue {
-                identity: ID_A,
-                flags: IPCACHE_F_LOCAL_ENDPOINT,
-            },
-        },
-        IpcacheEntry {
-            addr: ADDR_B,
-            prefix_len: 32,
-            value: IpcacheValue {
-                identity: ID_B,
-                flags: IPCACHE_F_LOCAL_ENDPOINT,
-            },
-        },
-    ])?;
+    topo.register(t)?;
     // Both pods default-deny in both directions: every flow is evaluated twice.
     t.replace_subjects(
         [
