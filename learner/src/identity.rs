@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use cnpilot_bpf::maps::identity as reserved;
 use serde::{Deserialize, Serialize};
@@ -39,8 +40,26 @@ pub const MIN_CIDR_IDENTITY: u32 = (1 << 24) + 1;
 
 /// A sorted label set. Keys of Kubernetes labels are stored bare
 /// (`app`), reserved labels as `reserved:world` with an empty value.
+///
+/// Shared, copy-on-write: every flow record carries its peers' label sets,
+/// and cloning one must cost a reference count, not a map (ingest clones
+/// two per datapath event). The flow store also uses the shared allocation
+/// as a cheap identity for interning.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Labels(pub BTreeMap<String, String>);
+#[serde(from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+pub struct Labels(Arc<BTreeMap<String, String>>);
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Self(Arc::new(map))
+    }
+}
+
+impl From<Labels> for BTreeMap<String, String> {
+    fn from(labels: Labels) -> Self {
+        Arc::unwrap_or_clone(labels.0)
+    }
+}
 
 impl Labels {
     pub fn new() -> Self {
@@ -48,7 +67,7 @@ impl Labels {
     }
 
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.0.insert(key.into(), value.into());
+        Arc::make_mut(&mut self.0).insert(key.into(), value.into());
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -57,6 +76,16 @@ impl Labels {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The address of the shared map: equal for clones of one set (a
+    /// cache key; two equal sets built separately differ).
+    pub fn shared_id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// A single reserved label such as `reserved:world`.
@@ -131,7 +160,7 @@ impl fmt::Display for Labels {
 
 impl FromIterator<(String, String)> for Labels {
     fn from_iter<T: IntoIterator<Item = (String, String)>>(iter: T) -> Self {
-        Self(iter.into_iter().collect())
+        Self(Arc::new(iter.into_iter().collect()))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cnpilot_learner::aggregate::{learn, parse_since, LearnOptions};
+use cnpilot_learner::aggregate::{groupby, learn, parse_since, LearnOptions};
 use cnpilot_learner::hubble::{self, Input};
 use cnpilot_learner::synth::{SynthConfig, SynthFlows};
 use cnpilot_learner::{FlowRecord, FlowStore};
@@ -78,6 +78,63 @@ fn synthetic_store_aggregates_with_templates_and_totals() {
 
     // Parquet output frame has one row per summary.
     assert_eq!(table.to_frame().unwrap().height(), table.rows.len());
+
+    // The polars group-by version agrees row for row (evidence included),
+    // with and without --since.
+    let dirs = [dir.path().to_path_buf()];
+    assert_eq!(
+        groupby::learn_groupby(&dirs, &LearnOptions::default())
+            .unwrap()
+            .rows,
+        table.rows
+    );
+    let since = LearnOptions {
+        since_ns: Some(cut),
+    };
+    assert_eq!(
+        groupby::learn_groupby(&dirs, &since).unwrap().rows,
+        tail.rows
+    );
+}
+
+/// The evidence paths are the smallest distinct ones, whatever the order
+/// segments are read in (several workers fold segments concurrently).
+#[test]
+fn evidence_paths_do_not_depend_on_segment_order() {
+    let mk = |paths: &[&str]| -> Vec<FlowRecord> {
+        let template = SynthFlows::new(SynthConfig::default())
+            .find(|r| r.l7.is_some())
+            .unwrap();
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut r = template.clone();
+                r.window_start_ns += i as i64;
+                r.l7.as_mut().unwrap().path = Some(p.to_string());
+                r.l7.as_mut().unwrap().method = Some("GET".into());
+                r
+            })
+            .collect()
+    };
+    let forward: Vec<String> = (0..60).map(|i| format!("/api/v1/items/{i}")).collect();
+    let backward: Vec<String> = forward.iter().rev().cloned().collect();
+    let mut tables = Vec::new();
+    for order in [&forward, &backward] {
+        let dir = tempfile::tempdir().unwrap();
+        // One record per segment: 60 segments read by all workers.
+        let mut store = FlowStore::open_with(dir.path(), 1).unwrap();
+        for path in order {
+            store.append(&mk(&[path])).unwrap();
+        }
+        store.close().unwrap();
+        tables.push(learn(&[dir.path().to_path_buf()], &LearnOptions::default()).unwrap());
+    }
+    let row = |t: &cnpilot_learner::aggregate::FlowTable| t.rows[0].paths.clone();
+    assert_eq!(row(&tables[0]), row(&tables[1]));
+    assert_eq!(row(&tables[0]).len(), 20);
+    assert!(row(&tables[0]).contains("/api/v1/items/0"));
+    assert!(!row(&tables[0]).contains("/api/v1/items/59"));
 }
 
 #[test]
@@ -95,6 +152,13 @@ fn hubble_samples_become_the_same_table_shape() {
     hubble::import(&inputs, &mut store, Arc::new(|_| {})).unwrap();
     drop(store);
     let table = learn(&[dir.path().to_path_buf()], &LearnOptions::default()).unwrap();
+    let dirs = [dir.path().to_path_buf()];
+    assert_eq!(
+        groupby::learn_groupby(&dirs, &LearnOptions::default())
+            .unwrap()
+            .rows,
+        table.rows
+    );
     let dns = table
         .rows
         .iter()

@@ -17,6 +17,8 @@ use crate::Outcome;
 
 /// Inputs at least this large (in total) get a progress bar.
 const PROGRESS_MIN_BYTES: u64 = 16 << 20;
+/// Stores with at least this many records get a progress bar in `learn`.
+const PROGRESS_MIN_RECORDS: usize = 1_000_000;
 
 #[derive(Debug, Subcommand)]
 pub enum ImportCommand {
@@ -148,7 +150,23 @@ pub fn run_learn(args: LearnArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    let table = aggregate::learn(&args.store, &LearnOptions { since_ns })?;
+    // A bar only when stderr is a terminal and the store is big enough for
+    // the wait to be noticed (indicatif hides it otherwise).
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} learning [{elapsed_precise}] {wide_bar} {pos}/{len} records ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let progress = |done: usize, total: usize| {
+        if total >= PROGRESS_MIN_RECORDS {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    };
+    let table = aggregate::learn_with_progress(&args.store, &LearnOptions { since_ns }, &progress)?;
+    bar.finish_and_clear();
     for (path, reason) in &table.scan.skipped {
         eprintln!(
             "cnpilot: warning: skipped unreadable segment {}: {reason}",

@@ -127,9 +127,8 @@ fn peer(endpoint: Option<&Map<String, Value>>, ip: Option<IpAddr>) -> Peer {
     }
     let reserved: Vec<ReservedIdentity> = peer
         .labels
-        .0
-        .keys()
-        .filter_map(|k| k.strip_prefix("reserved:"))
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("reserved:"))
         .filter_map(ReservedIdentity::from_name)
         .collect();
     if peer.identity == 0 {

@@ -2,22 +2,27 @@
 //! `node=<n>/hour=<YYYYMMDDHH>/seg-<seq>.parquet`, made crash-safe by a
 //! write-ahead file.
 //!
-//! Durability: `append` writes the records to `_wal/wal-<seq>.log` and
-//! fsyncs before returning, so an acknowledged record survives `kill -9`.
-//! Every `rotate_rows` records (and on `flush`), the buffered records become
+//! Durability: `append` interns the records (see [`codec`]), writes them as
+//! one CRC-checked frame to `_wal/wal-<seq>.log` and fsyncs before
+//! returning, so an acknowledged record survives `kill -9`. Every
+//! `rotate_rows` records (and on `flush`), the buffered rows become
 //! `seg-<seq>.parquet` files (one per partition, each written to a temporary
 //! name, fsynced, renamed), then the WAL is deleted: that deletion is the
-//! commit. On open, a WAL still present is replayed: the segment files of its
-//! sequence number are removed and rewritten from it, so a crash between two
-//! renames never duplicates nor loses a record.
+//! commit. Segments are written on a background thread so that ingest goes
+//! on meanwhile; at most one segment is in flight (the next rotation waits
+//! for it), which bounds memory. On open, every WAL still present is
+//! replayed: the segment files of its sequence number are removed and
+//! rewritten from it, so a crash between two renames never duplicates nor
+//! loses a record.
 
+mod codec;
 mod frame;
+mod segment;
 mod wal;
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use polars::prelude::*;
 use thiserror::Error;
@@ -26,7 +31,9 @@ use tracing::{info, warn};
 pub use frame::{frame_to_records, records_to_frame};
 
 use crate::record::{store_schema, FlowRecord};
-use wal::{list_wals, read_wal, sync_dir, wal_path, Wal};
+use codec::{Dict, Encoder, Row};
+use segment::write_segments;
+use wal::{list_wals, read_wal, sync_dir, wal_path, Wal, FRAME_HEADER};
 
 const WAL_DIR: &str = "_wal";
 const LOCK_FILE: &str = "LOCK";
@@ -47,6 +54,10 @@ pub enum StoreError {
     Encode(String),
     #[error("{path}: {source}")]
     Polars { path: PathBuf, source: PolarsError },
+    #[error("flow store {0}: an earlier write to the write-ahead file failed; reopen the store (acknowledged records are replayed)")]
+    Poisoned(PathBuf),
+    #[error("flow store {0}: the segment writer thread panicked")]
+    WriterPanicked(PathBuf),
 }
 
 impl StoreError {
@@ -71,8 +82,16 @@ pub struct FlowStore {
     wal_dir: PathBuf,
     seq: u64,
     wal: Option<Wal>,
-    buffer: Vec<FlowRecord>,
+    /// The buffered segment: its dictionary and rows (all in the WAL).
+    dict: Dict,
+    rows: Vec<Row>,
+    /// The next WAL frame, reused between appends.
+    frame: Vec<u8>,
     rotate_rows: usize,
+    /// The segment being written in the background, if any.
+    writer: Option<JoinHandle<Result<(), StoreError>>>,
+    /// A WAL write failed: the dictionary may name entries the WAL lacks.
+    poisoned: bool,
     _lock: File,
 }
 
@@ -101,12 +120,12 @@ impl FlowStore {
         for seq in list_wals(&wal_dir)? {
             max_seq = max_seq.max(seq);
             let path = wal_path(&wal_dir, seq);
-            let records = read_wal(&path)?;
+            let (dict, rows) = read_wal(&path)?;
             for old in segments.iter().filter(|p| seq_of_segment(p) == Some(seq)) {
                 fs::remove_file(old).map_err(|e| StoreError::io(old, e))?;
             }
-            info!(wal = %path.display(), records = records.len(), "replaying write-ahead file");
-            write_segments(&dir, seq, &records)?;
+            info!(wal = %path.display(), records = rows.len(), "replaying write-ahead file");
+            write_segments(&dir, seq, &dict, &rows)?;
             fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
         }
         sync_dir(&wal_dir)?;
@@ -115,8 +134,12 @@ impl FlowStore {
             wal_dir,
             seq: max_seq + 1,
             wal: None,
-            buffer: Vec::new(),
+            dict: Dict::default(),
+            rows: Vec::new(),
+            frame: Vec::new(),
             rotate_rows: rotate_rows.max(1),
+            writer: None,
+            poisoned: false,
             _lock: lock,
         })
     }
@@ -131,30 +154,69 @@ impl FlowStore {
         if records.is_empty() {
             return Ok(());
         }
+        if self.poisoned {
+            return Err(StoreError::Poisoned(self.dir.clone()));
+        }
         let wal = match &mut self.wal {
             Some(wal) => wal,
             none => none.insert(Wal::create(&self.wal_dir, self.seq)?),
         };
-        wal.append(records)?;
-        self.buffer.extend_from_slice(records);
-        if self.buffer.len() >= self.rotate_rows {
-            self.flush()?;
+        let rows_before = self.rows.len();
+        self.frame.clear();
+        self.frame.resize(FRAME_HEADER, 0);
+        let mut encoder = Encoder {
+            dict: &mut self.dict,
+            out: &mut self.frame,
+        };
+        self.rows.extend(records.iter().map(|r| encoder.record(r)));
+        if let Err(err) = wal.append_frame(&mut self.frame) {
+            self.rows.truncate(rows_before);
+            self.poisoned = true;
+            return Err(err);
+        }
+        if self.rows.len() >= self.rotate_rows {
+            self.rotate()?;
         }
         Ok(())
     }
 
-    /// Turn buffered records into Parquet segments now (they are already
-    /// durable; this makes them visible to readers).
-    pub fn flush(&mut self) -> Result<(), StoreError> {
+    /// Hand the buffered rows to a background segment writer (waiting for
+    /// the previous one first: at most one segment in flight).
+    fn rotate(&mut self) -> Result<(), StoreError> {
         let Some(wal) = self.wal.take() else {
             return Ok(());
         };
-        write_segments(&self.dir, self.seq, &self.buffer)?;
-        wal.remove()?;
-        sync_dir(&self.wal_dir)?;
-        self.buffer.clear();
+        self.wait_writer()?;
+        let dict = std::mem::take(&mut self.dict);
+        let rows = std::mem::take(&mut self.rows);
+        let (dir, wal_dir, seq) = (self.dir.clone(), self.wal_dir.clone(), self.seq);
         self.seq += 1;
+        let handle = std::thread::Builder::new()
+            .name("cnpilot-segment".into())
+            .spawn(move || {
+                write_segments(&dir, seq, &dict, &rows)?;
+                wal.remove()?;
+                sync_dir(&wal_dir)
+            })
+            .map_err(|e| StoreError::io(&self.dir, e))?;
+        self.writer = Some(handle);
         Ok(())
+    }
+
+    fn wait_writer(&mut self) -> Result<(), StoreError> {
+        match self.writer.take() {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| StoreError::WriterPanicked(self.dir.clone()))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Turn buffered records into Parquet segments now and wait for them
+    /// (they are already durable; this makes them visible to readers).
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.rotate()?;
+        self.wait_writer()
     }
 
     /// Flush and release the directory.
@@ -163,9 +225,20 @@ impl FlowStore {
     }
 }
 
+impl Drop for FlowStore {
+    /// A store dropped without `close` keeps its buffer in the WAL (the next
+    /// open replays it), but a segment already being written must finish
+    /// before the lock is released, or that open would replay it twice.
+    fn drop(&mut self) {
+        if let Err(err) = self.wait_writer() {
+            warn!(store = %self.dir.display(), %err, "segment writer failed; its write-ahead file will be replayed on the next open");
+        }
+    }
+}
+
 /// Directory-safe partition value: a node name is a DNS label in practice,
 /// but an imported file can carry anything.
-fn partition_value(value: &str) -> String {
+pub(crate) fn partition_value(value: &str) -> String {
     let cleaned: String = value
         .chars()
         .map(|ch| {
@@ -188,49 +261,6 @@ pub fn hour_of(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns)
         .format("%Y%m%d%H")
         .to_string()
-}
-
-fn write_segments(dir: &Path, seq: u64, records: &[FlowRecord]) -> Result<(), StoreError> {
-    let mut partitions: BTreeMap<(String, String), Vec<&FlowRecord>> = BTreeMap::new();
-    // Consecutive records mostly share node and hour: reuse the last key.
-    let mut last: Option<(&str, i64, (String, String))> = None;
-    for record in records {
-        let hour_start = record.window_start_ns.div_euclid(3_600_000_000_000);
-        let key = match &last {
-            Some((node, hour, key)) if *node == record.node && *hour == hour_start => key.clone(),
-            _ => {
-                let key = (
-                    partition_value(&record.node),
-                    hour_of(record.window_start_ns),
-                );
-                last = Some((&record.node, hour_start, key.clone()));
-                key
-            }
-        };
-        partitions.entry(key).or_default().push(record);
-    }
-    for ((node, hour), part) in partitions {
-        let part_dir = dir
-            .join(format!("node={node}"))
-            .join(format!("hour={hour}"));
-        fs::create_dir_all(&part_dir).map_err(|e| StoreError::io(&part_dir, e))?;
-        let final_path = part_dir.join(format!("seg-{seq:010}.parquet"));
-        let tmp_path = part_dir.join(format!(".seg-{seq:010}.parquet.tmp"));
-        let mut df = frame::refs_to_frame(&part).map_err(|e| StoreError::polars(&final_path, e))?;
-        let file = File::create(&tmp_path).map_err(|e| StoreError::io(&tmp_path, e))?;
-        let mut out = BufWriter::new(file);
-        ParquetWriter::new(&mut out)
-            .with_compression(ParquetCompression::Zstd(None))
-            .finish(&mut df)
-            .map_err(|e| StoreError::polars(&tmp_path, e))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| StoreError::io(&tmp_path, e.into_error()))?;
-        file.sync_all().map_err(|e| StoreError::io(&tmp_path, e))?;
-        fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
-        sync_dir(&part_dir)?;
-    }
-    Ok(())
 }
 
 fn seq_of_segment(path: &Path) -> Option<u64> {
@@ -358,6 +388,12 @@ pub fn lazy_segments(paths: &[PathBuf]) -> Result<LazyFrame, StoreError> {
     };
     LazyFrame::scan_parquet_files(sources.into_iter().collect(), args)
         .map_err(|e| StoreError::polars(first, e))
+}
+
+/// Rows of a segment, from its footer.
+pub fn segment_rows(path: &Path) -> Option<usize> {
+    let file = File::open(path).ok()?;
+    ParquetReader::new(file).num_rows().ok()
 }
 
 fn check_segment(path: &Path, schema: &Schema) -> Result<usize, String> {
