@@ -7,6 +7,10 @@
 
 use std::time::Instant;
 
+// The cnpilot binary's allocator (see cli/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cnpilot_learner::synth::{SynthConfig, SynthFlows};
 use cnpilot_learner::FlowStore;
 

@@ -27,6 +27,11 @@ use cnpilot_bpf::maps::FlowEvent;
 use cnpilot_learner::inventory::{InventorySnapshot, NamespaceInfo, NodeInfo, PodInfo};
 use cnpilot_learner::{FlowRecord, FlowStore, Inventory};
 
+// The cnpilot binary's allocator (see cli/src/main.rs); `--system-alloc`
+// is not offered: rebuild without these two lines to compare.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NODE: &str = "node-0";
 
 fn inventory() -> Inventory {
@@ -68,7 +73,10 @@ fn inventory() -> Inventory {
     })
 }
 
-fn events(n: usize) -> Vec<FlowEvent> {
+/// Events as the datapath emits them: identities already decided on the
+/// packet (from the ipcache the agent programs from the same inventory).
+fn events(n: usize, inventory: &Inventory) -> Vec<FlowEvent> {
+    let identity = |ip: Ipv4Addr| inventory.resolve(IpAddr::V4(ip), 0, Some(NODE)).identity;
     let mut state = 0x5eed_u64;
     (0..n)
         .map(|i| {
@@ -83,12 +91,13 @@ fn events(n: usize) -> Vec<FlowEvent> {
             } else {
                 Ipv4Addr::new(198, 18, dns, dwl + 10)
             };
+            let saddr = Ipv4Addr::new(198, 18, sns, swl + 10);
             FlowEvent {
                 ts_ns: 1_000_000_000 + i as u64 * 1_000,
-                saddr: u32::from(Ipv4Addr::new(198, 18, sns, swl + 10)).to_be(),
+                saddr: u32::from(saddr).to_be(),
                 daddr: u32::from(daddr).to_be(),
-                src_identity: 0,
-                dst_identity: 0,
+                src_identity: identity(saddr),
+                dst_identity: identity(daddr),
                 sport: 30_000 + (state >> 48) as u16 % 30_000,
                 dport: [8080, 443, 53, 5432][((state >> 44) % 4) as usize],
                 proto: 6,
@@ -129,7 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = Path::new(dir);
     std::fs::create_dir_all(dir)?;
     let inventory = inventory();
-    let events = events(n);
+    let events = events(n, &inventory);
     let wall_offset = 1_767_225_600_000_000_000i64;
 
     // Baseline 1: raw event bytes + fsync per batch.

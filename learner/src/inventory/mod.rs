@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use foldhash::fast::FixedState;
 use thiserror::Error;
 
 use crate::identity::{cidr_labels, IdentityAllocator, Labels, ReservedIdentity};
@@ -124,12 +125,14 @@ struct PodEntry {
 /// to query.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    pods_by_ip: HashMap<IpAddr, Vec<PodEntry>>,
-    node_by_ip: HashMap<IpAddr, String>,
+    // A fixed-seed fast hash: these maps are probed twice per datapath event
+    // and their keys come from our own inventory, not from an adversary.
+    pods_by_ip: HashMap<IpAddr, Vec<PodEntry>, FixedState>,
+    node_by_ip: HashMap<IpAddr, String, FixedState>,
     /// Workload identities: the datapath can name a peer by identity alone
     /// (the L7 proxy's upstream leg carries the client's identity in its
     /// mark while its address is the node's).
-    workload_by_identity: HashMap<u32, Resolved>,
+    workload_by_identity: HashMap<u32, Resolved, FixedState>,
     allocator: IdentityAllocator,
 }
 
@@ -164,8 +167,12 @@ impl Inventory {
         }
         let mut allocator = IdentityAllocator::new();
         allocator.allocate_all(pods.iter().map(|(_, labels)| labels));
-        let mut pods_by_ip: HashMap<IpAddr, Vec<PodEntry>> = HashMap::new();
+        // Replicas share one label set (one allocation): records then carry
+        // clones of it, which the flow store interns by address.
+        let mut shared: HashMap<Labels, Labels> = HashMap::new();
+        let mut pods_by_ip: HashMap<IpAddr, Vec<PodEntry>, FixedState> = HashMap::default();
         for (pod, labels) in pods {
+            let labels = shared.entry(labels.clone()).or_insert(labels).clone();
             let identity = allocator.allocate(&labels);
             for ip in &pod.ips {
                 pods_by_ip.entry(*ip).or_default().push(PodEntry {

@@ -85,16 +85,16 @@ pub(crate) struct Dict {
     label_by_address: HashMap<usize, u32, Fast>,
     pub peers: Vec<PeerEntry>,
     peer_ids: HashMap<PeerEntry, u32, Fast>,
+    /// (identity, `Labels::shared_id`) -> peer, only for label sets whose
+    /// allocation `labels` keeps alive: the common case (clones of the
+    /// inventory's sets) skips hashing the names.
+    peer_by_address: HashMap<(u32, usize), u32, Fast>,
     ip_ids: HashMap<IpAddr, u32, Fast>,
 }
 
 impl Dict {
     pub fn string(&self, id: u32) -> &str {
         self.strings.get(id as usize).map_or("", String::as_str)
-    }
-
-    pub fn opt_string(&self, id: u32) -> Option<&str> {
-        (id != NONE).then(|| self.string(id))
     }
 
     fn define_labels(&mut self, labels: Labels) -> u32 {
@@ -155,6 +155,24 @@ impl Encoder<'_> {
     }
 
     fn peer(&mut self, peer: &Peer) -> u32 {
+        let address = (peer.identity, peer.labels.shared_id());
+        if let Some(&id) = self.dict.peer_by_address.get(&address) {
+            let known = self.dict.peers[id as usize];
+            if self.dict.string(known.namespace) == peer.namespace
+                && self.dict.string(known.workload) == peer.workload
+            {
+                return id;
+            }
+        }
+        let id = self.peer_slow(peer);
+        let labels = self.dict.peers[id as usize].labels as usize;
+        if self.dict.labels[labels].shared_id() == address.1 {
+            self.dict.peer_by_address.insert(address, id);
+        }
+        id
+    }
+
+    fn peer_slow(&mut self, peer: &Peer) -> u32 {
         let entry = PeerEntry {
             identity: peer.identity,
             namespace: self.string(&peer.namespace),

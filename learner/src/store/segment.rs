@@ -6,10 +6,14 @@ use std::io::BufWriter;
 use std::path::Path;
 
 use polars::prelude::*;
+use polars_arrow::array::{Utf8ViewArray, View};
+use polars_arrow::bitmap::{Bitmap, MutableBitmap};
+use polars_arrow::datatypes::ArrowDataType;
+use polars_buffer::Buffer;
 
-use super::codec::{Dict, PeerEntry, Row};
+use super::codec::{Dict, Row, NONE};
 use super::{hour_of, partition_value, StoreError};
-use crate::record::columns as c;
+use crate::record::{columns as c, Direction, L7Protocol, Verdict};
 
 const NS_PER_HOUR: i64 = 3_600_000_000_000;
 
@@ -30,7 +34,6 @@ pub(crate) fn write_segments(
             .or_default()
             .push(i as u32);
     }
-    let canonical: Vec<String> = dict.labels.iter().map(|l| l.to_canonical()).collect();
     for ((node, hour), part) in partitions {
         let part_dir = dir
             .join(format!("node={}", partition_value(dict.string(node))))
@@ -39,8 +42,8 @@ pub(crate) fn write_segments(
         let final_path = part_dir.join(format!("seg-{seq:010}.parquet"));
         let tmp_path = part_dir.join(format!(".seg-{seq:010}.parquet.tmp"));
         let selected: Vec<&Row> = part.iter().map(|&i| &rows[i as usize]).collect();
-        let mut df = rows_to_frame(dict, &canonical, &selected)
-            .map_err(|e| StoreError::polars(&final_path, e))?;
+        let mut df =
+            rows_to_frame(dict, &selected).map_err(|e| StoreError::polars(&final_path, e))?;
         let file = File::create(&tmp_path).map_err(|e| StoreError::io(&tmp_path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         ParquetWriter::new(&mut out)
@@ -57,15 +60,127 @@ pub(crate) fn write_segments(
     Ok(())
 }
 
-/// The store schema's columns, straight from the dictionary (no per-record
-/// string is built: every value is a borrowed dictionary entry).
-fn rows_to_frame<'d>(
-    dict: &'d Dict,
-    canonical: &'d [String],
-    rows: &[&Row],
-) -> PolarsResult<DataFrame> {
+/// Every text a segment's string columns can hold, stored once in one
+/// buffer, with a ready-made view per text. A column is then an array of
+/// 16-byte views into that shared buffer: no string is copied per row
+/// (copying the label sets row by row was most of the writer's time).
+struct SharedTexts {
+    buffer: Buffer<u8>,
+    views: Vec<View>,
+}
+
+impl SharedTexts {
+    fn new<'a>(texts: impl Iterator<Item = &'a str>) -> Self {
+        let mut bytes = Vec::new();
+        let mut views = Vec::new();
+        for text in texts {
+            // Offsets are u32 in a view; a segment's dictionary is far below
+            // 4 GiB (it holds each distinct string once).
+            let offset = bytes.len() as u32;
+            views.push(View::new_from_bytes(text.as_bytes(), 0, offset));
+            bytes.extend_from_slice(text.as_bytes());
+        }
+        Self {
+            buffer: Buffer::from(bytes),
+            views,
+        }
+    }
+
+    /// A string column of text ids (`NONE` is null).
+    fn column(&self, name: &str, ids: impl Iterator<Item = u32>) -> Column {
+        let (lower, _) = ids.size_hint();
+        let mut views = Vec::with_capacity(lower);
+        let mut validity: Option<MutableBitmap> = None;
+        let mut total_bytes = 0usize;
+        for (i, id) in ids.enumerate() {
+            match self.views.get(id as usize) {
+                Some(view) => {
+                    views.push(*view);
+                    total_bytes += view.length as usize;
+                    if let Some(v) = &mut validity {
+                        v.push(true);
+                    }
+                }
+                None => {
+                    views.push(View::default());
+                    validity
+                        .get_or_insert_with(|| MutableBitmap::from_len_set(i))
+                        .push(false);
+                }
+            }
+        }
+        // SAFETY: every view was made by `View::new_from_bytes` from a
+        // `&str` at its offset in `buffer`, buffer index 0: in bounds and
+        // UTF-8 (a slice of a `str` at char boundaries: whole strings). Null
+        // slots hold the zero view (an empty inline string). The validity
+        // bitmap, when present, has one bit per view. The byte totals are
+        // exact.
+        let array = unsafe {
+            Utf8ViewArray::new_unchecked(
+                ArrowDataType::Utf8View,
+                views.into(),
+                Buffer::from(vec![self.buffer.clone()]),
+                validity.map(Bitmap::from),
+                Some(total_bytes),
+                self.buffer.len(),
+            )
+        };
+        StringChunked::with_chunk(name.into(), array).into_column()
+    }
+}
+
+const ENUM_TEXTS: [&str; 10] = [
+    "ingress",
+    "egress",
+    "unknown",
+    "forwarded",
+    "would-drop",
+    "dropped",
+    "l7-would-deny",
+    "l7-denied",
+    "http",
+    "dns",
+];
+
+/// The store schema's columns, straight from the dictionary. Enum columns
+/// use these texts (in this order) as their values.
+fn rows_to_frame(dict: &Dict, rows: &[&Row]) -> PolarsResult<DataFrame> {
     let n = rows.len();
-    let peer = |id: u32| -> &'d PeerEntry { &dict.peers[id as usize] };
+    let canonical: Vec<String> = dict.labels.iter().map(|l| l.to_canonical()).collect();
+    let texts = SharedTexts::new(
+        dict.strings
+            .iter()
+            .map(String::as_str)
+            .chain(canonical.iter().map(String::as_str))
+            .chain(ENUM_TEXTS),
+    );
+    let labels_base = dict.strings.len() as u32;
+    let enum_base = labels_base + canonical.len() as u32;
+    // Offsets into ENUM_TEXTS.
+    let direction = |d: Direction| {
+        enum_base
+            + match d {
+                Direction::Ingress => 0,
+                Direction::Egress => 1,
+                Direction::Unknown => 2,
+            }
+    };
+    let verdict = |v: Verdict| {
+        enum_base
+            + match v {
+                Verdict::Forwarded => 3,
+                Verdict::WouldDrop => 4,
+                Verdict::Dropped => 5,
+                Verdict::L7WouldDeny => 6,
+                Verdict::L7Denied => 7,
+            }
+    };
+    let l7_protocol = |p: Option<L7Protocol>| match p {
+        None => NONE,
+        Some(L7Protocol::Http) => enum_base + 8,
+        Some(L7Protocol::Dns) => enum_base + 9,
+    };
+    let peer = |id: u32| &dict.peers[id as usize];
     let ints_i64 = |name: &str, f: fn(&Row) -> i64| {
         Int64Chunked::from_vec(name.into(), rows.iter().map(|r| f(r)).collect()).into_column()
     };
@@ -75,42 +190,31 @@ fn rows_to_frame<'d>(
     let ints_u64 = |name: &str, f: fn(&Row) -> u64| {
         UInt64Chunked::from_vec(name.into(), rows.iter().map(|r| f(r)).collect()).into_column()
     };
-    let text = |name: &str, f: &dyn Fn(&Row) -> &'d str| {
-        StringChunked::from_iter_values(name.into(), rows.iter().map(|r| f(r))).into_column()
-    };
-    let opt_text = |name: &str, f: &dyn Fn(&Row) -> u32| {
-        StringChunked::from_iter_options(name.into(), rows.iter().map(|r| dict.opt_string(f(r))))
-            .into_column()
-    };
-    let labels = |id: u32| -> &'d str { canonical.get(id as usize).map_or("", String::as_str) };
+    let text = |name: &str, f: &dyn Fn(&Row) -> u32| texts.column(name, rows.iter().map(|r| f(r)));
     let columns = vec![
         ints_i64(c::WINDOW_START_NS, |r| r.start_ns),
         ints_i64(c::WINDOW_END_NS, |r| r.end_ns),
-        text(c::NODE, &|r| dict.string(r.node)),
+        text(c::NODE, &|r| r.node),
         ints_u32(c::SRC_IDENTITY, &|r| peer(r.src).identity),
-        text(c::SRC_NAMESPACE, &|r| dict.string(peer(r.src).namespace)),
-        text(c::SRC_WORKLOAD, &|r| dict.string(peer(r.src).workload)),
-        text(c::SRC_LABELS, &|r| labels(peer(r.src).labels)),
-        opt_text(c::SRC_IP, &|r| r.src_ip),
+        text(c::SRC_NAMESPACE, &|r| peer(r.src).namespace),
+        text(c::SRC_WORKLOAD, &|r| peer(r.src).workload),
+        text(c::SRC_LABELS, &|r| labels_base + peer(r.src).labels),
+        text(c::SRC_IP, &|r| r.src_ip),
         ints_u32(c::DST_IDENTITY, &|r| peer(r.dst).identity),
-        text(c::DST_NAMESPACE, &|r| dict.string(peer(r.dst).namespace)),
-        text(c::DST_WORKLOAD, &|r| dict.string(peer(r.dst).workload)),
-        text(c::DST_LABELS, &|r| labels(peer(r.dst).labels)),
-        opt_text(c::DST_IP, &|r| r.dst_ip),
+        text(c::DST_NAMESPACE, &|r| peer(r.dst).namespace),
+        text(c::DST_WORKLOAD, &|r| peer(r.dst).workload),
+        text(c::DST_LABELS, &|r| labels_base + peer(r.dst).labels),
+        text(c::DST_IP, &|r| r.dst_ip),
         ints_u32(c::PROTO, &|r| u32::from(r.proto)),
         ints_u32(c::DST_PORT, &|r| u32::from(r.dst_port)),
-        text(c::DIRECTION, &|r| r.direction.as_str()),
-        text(c::VERDICT, &|r| r.verdict.as_str()),
-        text(c::REASON, &|r| dict.string(r.reason)),
-        StringChunked::from_iter_options(
-            c::L7_PROTOCOL.into(),
-            rows.iter().map(|r| r.l7.map(|p| p.as_str())),
-        )
-        .into_column(),
-        opt_text(c::L7_METHOD, &|r| r.method),
-        opt_text(c::L7_PATH, &|r| r.path),
-        opt_text(c::L7_QUERY, &|r| r.query),
-        opt_text(c::L7_HOST, &|r| r.host),
+        text(c::DIRECTION, &|r| direction(r.direction)),
+        text(c::VERDICT, &|r| verdict(r.verdict)),
+        text(c::REASON, &|r| r.reason),
+        text(c::L7_PROTOCOL, &|r| l7_protocol(r.l7)),
+        text(c::L7_METHOD, &|r| r.method),
+        text(c::L7_PATH, &|r| r.path),
+        text(c::L7_QUERY, &|r| r.query),
+        text(c::L7_HOST, &|r| r.host),
         UInt32Chunked::from_iter_options(c::L7_STATUS.into(), rows.iter().map(|r| r.status))
             .into_column(),
         ints_u64(c::PACKETS, |r| r.packets),
