@@ -624,4 +624,57 @@ mod tests {
             let _ = decode_payload(&bad, &mut d, &mut rows);
         }
     }
+
+    /// Random bytes and randomly mutated valid payloads (the fuzz-style
+    /// test of this decoder: a WAL comes from disk and may be anything).
+    #[test]
+    fn random_payloads_never_panic() {
+        let records: Vec<_> = SynthFlows::new(SynthConfig::default()).take(40).collect();
+        let mut dict = Dict::default();
+        let mut valid = Vec::new();
+        let mut enc = Encoder {
+            dict: &mut dict,
+            out: &mut valid,
+        };
+        for r in &records {
+            enc.record(r);
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let input: Vec<u8> = if round % 2 == 0 {
+                let len = (next() % 200) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                let mut bytes = valid.clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % bytes.len();
+                    match next() % 3 {
+                        0 => bytes[at] = next() as u8,
+                        1 => {
+                            bytes.remove(at);
+                        }
+                        _ => bytes.insert(at, next() as u8),
+                    }
+                }
+                bytes
+            };
+            let mut d = Dict::default();
+            let mut rows = Vec::new();
+            let ok = decode_payload(&input, &mut d, &mut rows).is_ok();
+            // Whatever decoded refers only to what was defined.
+            if ok {
+                for row in &rows {
+                    assert!((row.src as usize) < d.peers.len());
+                    assert!((row.dst as usize) < d.peers.len());
+                    assert!((row.node as usize) < d.strings.len());
+                }
+            }
+        }
+    }
 }

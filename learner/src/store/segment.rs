@@ -65,23 +65,42 @@ pub(crate) fn write_segments(
 /// 16-byte views into that shared buffer: no string is copied per row
 /// (copying the label sets row by row was most of the writer's time).
 struct SharedTexts {
-    buffer: Buffer<u8>,
+    buffers: Vec<Buffer<u8>>,
+    buffer_len: usize,
     views: Vec<View>,
 }
 
+/// Bytes per shared buffer: view offsets are u32, so a segment whose
+/// distinct strings exceed this (huge request paths) gets several buffers.
+const MAX_SHARED_BUFFER: usize = 1 << 30;
+
 impl SharedTexts {
     fn new<'a>(texts: impl Iterator<Item = &'a str>) -> Self {
-        let mut bytes = Vec::new();
+        Self::with_limit(texts, MAX_SHARED_BUFFER)
+    }
+
+    fn with_limit<'a>(texts: impl Iterator<Item = &'a str>, limit: usize) -> Self {
+        let mut done: Vec<Buffer<u8>> = Vec::new();
+        let mut bytes: Vec<u8> = Vec::new();
         let mut views = Vec::new();
         for text in texts {
-            // Offsets are u32 in a view; a segment's dictionary is far below
-            // 4 GiB (it holds each distinct string once).
+            if !bytes.is_empty() && bytes.len() + text.len() > limit {
+                done.push(Buffer::from(std::mem::take(&mut bytes)));
+            }
+            // Fits in u32: the buffer is below MAX_SHARED_BUFFER (a single
+            // text longer than that is a buffer of its own, offset 0).
             let offset = bytes.len() as u32;
-            views.push(View::new_from_bytes(text.as_bytes(), 0, offset));
+            views.push(View::new_from_bytes(
+                text.as_bytes(),
+                done.len() as u32,
+                offset,
+            ));
             bytes.extend_from_slice(text.as_bytes());
         }
+        done.push(Buffer::from(bytes));
         Self {
-            buffer: Buffer::from(bytes),
+            buffer_len: done.iter().map(|b| b.len()).sum(),
+            buffers: done,
             views,
         }
     }
@@ -109,20 +128,19 @@ impl SharedTexts {
                 }
             }
         }
-        // SAFETY: every view was made by `View::new_from_bytes` from a
-        // `&str` at its offset in `buffer`, buffer index 0: in bounds and
-        // UTF-8 (a slice of a `str` at char boundaries: whole strings). Null
-        // slots hold the zero view (an empty inline string). The validity
-        // bitmap, when present, has one bit per view. The byte totals are
-        // exact.
+        // SAFETY: every view was made by `View::new_from_bytes` from a whole
+        // `&str` copied at that offset into that buffer: in bounds and UTF-8.
+        // Null slots hold the zero view (an empty inline string). The
+        // validity bitmap, when present, has one bit per view. The byte
+        // totals are exact.
         let array = unsafe {
             Utf8ViewArray::new_unchecked(
                 ArrowDataType::Utf8View,
                 views.into(),
-                Buffer::from(vec![self.buffer.clone()]),
+                Buffer::from(self.buffers.clone()),
                 validity.map(Bitmap::from),
                 Some(total_bytes),
-                self.buffer.len(),
+                self.buffer_len,
             )
         };
         StringChunked::with_chunk(name.into(), array).into_column()
@@ -222,4 +240,31 @@ fn rows_to_frame(dict: &Dict, rows: &[&Row]) -> PolarsResult<DataFrame> {
         ints_u64(c::COUNT, |r| r.count),
     ];
     DataFrame::new(n, columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_of_shared_views_read_back_across_buffers() {
+        let texts = [
+            "a",
+            "a string longer than twelve bytes",
+            "",
+            "another long one, in a second buffer",
+            "üñíçødé and more than twelve",
+        ];
+        // A 40-byte limit forces several buffers.
+        let shared = SharedTexts::with_limit(texts.iter().copied(), 40);
+        assert!(shared.buffers.len() >= 3);
+        let ids = [4, 0, NONE, 1, 3, 2, 4, NONE];
+        let column = shared.column("c", ids.iter().copied());
+        let got: Vec<Option<&str>> = column.str().unwrap().iter().collect();
+        let expected: Vec<Option<&str>> = ids
+            .iter()
+            .map(|&i| (i != NONE).then(|| texts[i as usize]))
+            .collect();
+        assert_eq!(got, expected);
+    }
 }
