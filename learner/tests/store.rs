@@ -20,6 +20,15 @@ fn records(n: usize, seed: u64) -> Vec<FlowRecord> {
     .collect()
 }
 
+/// The one write-ahead file of a store that was not flushed.
+fn wal_file(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap()
+}
+
 #[test]
 fn roundtrip_through_segments_keeps_every_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,11 +76,7 @@ fn truncated_wal_tail_is_skipped() {
         let mut store = FlowStore::open(dir.path()).unwrap();
         store.append(&records(10, 2)).unwrap();
     }
-    let wal = std::fs::read_dir(dir.path().join("_wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "log"))
-        .unwrap();
+    let wal = wal_file(dir.path());
     let mut f = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
     f.write_all(b"{\"window_start_ns\":12,\"node").unwrap();
     drop(f);
@@ -89,13 +94,7 @@ fn wal_cut_at_any_byte_replays_whole_batches_only() {
     let mut frame_ends = Vec::new();
     let wal = {
         let mut store = FlowStore::open(dir.path()).unwrap();
-        let wal_file = || {
-            std::fs::read_dir(dir.path().join("_wal"))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .find(|p| p.extension().is_some_and(|e| e == "log"))
-                .unwrap()
-        };
+        let wal_file = || wal_file(dir.path());
         for batch in &batches {
             store.append(batch).unwrap();
             frame_ends.push(std::fs::metadata(wal_file()).unwrap().len());
@@ -135,13 +134,7 @@ fn wal_cut_at_any_byte_replays_whole_batches_only() {
 #[test]
 fn corrupt_wal_frame_keeps_the_frames_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let wal_file = || {
-        std::fs::read_dir(dir.path().join("_wal"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "log"))
-            .unwrap()
-    };
+    let wal_file = || wal_file(dir.path());
     let first_end = {
         let mut store = FlowStore::open(dir.path()).unwrap();
         store.append(&records(6, 21)).unwrap();
