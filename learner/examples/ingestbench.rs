@@ -208,6 +208,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let store_secs = t.elapsed().as_secs_f64();
     let store_rate = rate(n, store_secs);
+    // Nothing dropped: every event is a row of a readable segment.
+    let (_, report) = cnpilot_learner::store::scan(&[store_dir.clone()], None)?;
+    if report.rows != n || !report.skipped.is_empty() {
+        return Err(format!(
+            "the store holds {} rows in {} segments ({} skipped), expected {n}",
+            report.rows,
+            report.segments,
+            report.skipped.len()
+        )
+        .into());
+    }
 
     println!("{n} events, batches of {batch}");
     println!(
@@ -220,13 +231,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rate(json_n, json_secs) / rate(n, raw_secs)
     );
     println!(
-        "FlowStore           {:>12.0} events/s  {:.3}x of raw  ({:.2}s: resolve {:.2}s, append {:.2}s, close {:.2}s; all in Parquet segments)",
+        "FlowStore           {:>12.0} events/s  {:.3}x of raw  ({:.2}s: resolve {:.2}s, append {:.2}s, close {:.2}s; {} rows in {} Parquet segments)",
         store_rate,
         store_rate / rate(n, raw_secs),
         store_secs,
         resolve_secs,
         append_secs,
-        close_secs
+        close_secs,
+        report.rows,
+        report.segments
     );
     Ok(())
 }
