@@ -1,5 +1,6 @@
-//! Compiles the C eBPF object (and a host program that prints the C layouts
-//! for the layout test) into OUT_DIR.
+//! Compiles the C eBPF objects (the datapath, and the producer of the
+//! ring-buffer benchmark) and a host program that prints the C layouts for
+//! the layout test, into OUT_DIR.
 
 use std::env;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ fn main() {
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let c_dir = manifest.join("c");
-    for f in ["cnpilot.bpf.c", "cnpilot.h", "layout.c"] {
+    for f in ["cnpilot.bpf.c", "ringbench.bpf.c", "cnpilot.h", "layout.c"] {
         println!("cargo:rerun-if-changed={}", c_dir.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=CLANG");
@@ -24,19 +25,20 @@ fn main() {
     };
     let multiarch = format!("/usr/include/{}-linux-gnu", arch.1);
 
-    let object = out.join("cnpilot.bpf.o");
-    run(
-        Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
-            .arg(format!("-D__TARGET_ARCH_{}", arch.0))
-            .arg(format!("-I{multiarch}"))
-            .arg(format!("-I{}", c_dir.display()))
-            .arg("-c")
-            .arg(c_dir.join("cnpilot.bpf.c"))
-            .arg("-o")
-            .arg(&object),
-        &clang,
-    );
+    for name in ["cnpilot", "ringbench"] {
+        run(
+            Command::new(&clang)
+                .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+                .arg(format!("-D__TARGET_ARCH_{}", arch.0))
+                .arg(format!("-I{multiarch}"))
+                .arg(format!("-I{}", c_dir.display()))
+                .arg("-c")
+                .arg(c_dir.join(format!("{name}.bpf.c")))
+                .arg("-o")
+                .arg(out.join(format!("{name}.bpf.o"))),
+            &clang,
+        );
+    }
 
     let layout_bin = out.join("cnpilot-layout");
     run(

@@ -7,6 +7,7 @@ pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod netns;
+pub mod ringbench;
 pub mod tables;
 
 pub mod testbed;

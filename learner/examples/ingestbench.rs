@@ -19,13 +19,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Instant;
 
 use cnpilot_bpf::maps::FlowEvent;
-use cnpilot_learner::inventory::{InventorySnapshot, NamespaceInfo, NodeInfo, PodInfo};
-use cnpilot_learner::{FlowRecord, FlowStore, Inventory};
+use cnpilot_learner::synth::BenchCluster;
+use cnpilot_learner::{FlowRecord, FlowStore};
 
 // The cnpilot binary's allocator (see cli/src/main.rs); `--system-alloc`
 // is not offered: rebuild without these two lines to compare.
@@ -34,49 +34,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NODE: &str = "node-0";
 
-fn inventory() -> Inventory {
-    let mut pods = Vec::new();
-    let mut namespaces = Vec::new();
-    for ns in 0..20u8 {
-        namespaces.push(NamespaceInfo {
-            name: format!("ns-{ns}"),
-            labels: [("team".to_string(), format!("team-{}", ns % 4))].into(),
-        });
-        for wl in 0..10u8 {
-            pods.push(PodInfo {
-                name: format!("wl-{wl}-7d9f8-{ns}{wl}"),
-                namespace: format!("ns-{ns}"),
-                node: NODE.into(),
-                ips: vec![IpAddr::V4(Ipv4Addr::new(198, 18, ns, wl + 10))],
-                host_network: false,
-                labels: [
-                    ("app".to_string(), format!("wl-{wl}")),
-                    ("pod-template-hash".to_string(), "7d9f8".to_string()),
-                    ("tier".to_string(), "backend".to_string()),
-                ]
-                .into(),
-                service_account: Some("default".into()),
-                workload: format!("wl-{wl}"),
-                phase: "Running".into(),
-                started_ns: Some(0),
-                finished_ns: None,
-            });
-        }
-    }
-    Inventory::from_snapshot(&InventorySnapshot {
-        pods,
-        namespaces,
-        nodes: vec![NodeInfo {
-            name: NODE.into(),
-            addresses: vec![IpAddr::V4(Ipv4Addr::new(198, 18, 255, 1))],
-        }],
-    })
-}
-
 /// Events as the datapath emits them: identities already decided on the
 /// packet (from the ipcache the agent programs from the same inventory).
-fn events(n: usize, inventory: &Inventory) -> Vec<FlowEvent> {
-    let identity = |ip: Ipv4Addr| inventory.resolve(IpAddr::V4(ip), 0, Some(NODE)).identity;
+fn events(n: usize, cluster: &BenchCluster) -> Vec<FlowEvent> {
+    let identity = |ip: Ipv4Addr| {
+        cluster
+            .peers
+            .iter()
+            .find(|(addr, _)| *addr == ip)
+            .map_or(2, |(_, id)| *id)
+    };
     let mut state = 0x5eed_u64;
     (0..n)
         .map(|i| {
@@ -137,8 +104,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = args.get(2).map(|b| b.parse()).transpose()?.unwrap_or(8192);
     let dir = Path::new(dir);
     std::fs::create_dir_all(dir)?;
-    let inventory = inventory();
-    let events = events(n, &inventory);
+    let cluster = BenchCluster::new();
+    let inventory = &cluster.inventory;
+    let events = events(n, &cluster);
     let wall_offset = 1_767_225_600_000_000_000i64;
 
     // Baseline 1: raw event bytes + fsync per batch.
@@ -169,7 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for chunk in events[..json_n].chunks(batch) {
             buf.clear();
             for ev in chunk {
-                let record = FlowRecord::from_event(ev, &inventory, NODE, wall_offset);
+                let record = FlowRecord::from_event(ev, inventory, NODE, wall_offset);
                 serde_json::to_writer(&mut buf, &record)?;
                 buf.push(b'\n');
             }
@@ -195,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             records.extend(
                 chunk
                     .iter()
-                    .map(|ev| FlowRecord::from_event(ev, &inventory, NODE, wall_offset)),
+                    .map(|ev| FlowRecord::from_event(ev, inventory, NODE, wall_offset)),
             );
             resolve_secs += r.elapsed().as_secs_f64();
             let a = Instant::now();
@@ -209,7 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store_secs = t.elapsed().as_secs_f64();
     let store_rate = rate(n, store_secs);
     // Nothing dropped: every event is a row of a readable segment.
-    let (_, report) = cnpilot_learner::store::scan(&[store_dir.clone()], None)?;
+    let (_, report) = cnpilot_learner::store::scan(std::slice::from_ref(&store_dir), None)?;
     if report.rows != n || !report.skipped.is_empty() {
         return Err(format!(
             "the store holds {} rows in {} segments ({} skipped), expected {n}",

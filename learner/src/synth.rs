@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::identity::{IdentityAllocator, Labels};
+use crate::inventory::{Inventory, InventorySnapshot, NamespaceInfo, NodeInfo, PodInfo};
 use crate::record::{Direction, FlowRecord, L7Protocol, Peer, Verdict, L7};
 
 /// Shape of the synthetic cluster.
@@ -156,5 +157,77 @@ impl Iterator for SynthFlows {
     type Item = FlowRecord;
     fn next(&mut self) -> Option<FlowRecord> {
         Some(self.next_record())
+    }
+}
+
+/// The cluster the ingest benchmarks resolve events against: 200 pods in 20
+/// namespaces on one node, plus eight world addresses, with the identity the
+/// datapath would put in each event (from the same inventory).
+pub struct BenchCluster {
+    pub node: String,
+    pub inventory: Inventory,
+    /// (address, identity); pods first, then the world addresses.
+    pub peers: Vec<(Ipv4Addr, u32)>,
+}
+
+impl Default for BenchCluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BenchCluster {
+    pub fn new() -> Self {
+        let node = "node-0".to_string();
+        let mut pods = Vec::new();
+        let mut namespaces = Vec::new();
+        for ns in 0..20u8 {
+            namespaces.push(NamespaceInfo {
+                name: format!("ns-{ns}"),
+                labels: [("team".to_string(), format!("team-{}", ns % 4))].into(),
+            });
+            for wl in 0..10u8 {
+                pods.push(PodInfo {
+                    name: format!("wl-{wl}-7d9f8-{ns}{wl}"),
+                    namespace: format!("ns-{ns}"),
+                    node: node.clone(),
+                    ips: vec![IpAddr::V4(Ipv4Addr::new(198, 18, ns, wl + 10))],
+                    host_network: false,
+                    labels: [
+                        ("app".to_string(), format!("wl-{wl}")),
+                        ("pod-template-hash".to_string(), "7d9f8".to_string()),
+                        ("tier".to_string(), "backend".to_string()),
+                    ]
+                    .into(),
+                    service_account: Some("default".into()),
+                    workload: format!("wl-{wl}"),
+                    phase: "Running".into(),
+                    started_ns: Some(0),
+                    finished_ns: None,
+                });
+            }
+        }
+        let inventory = Inventory::from_snapshot(&InventorySnapshot {
+            pods,
+            namespaces,
+            nodes: vec![NodeInfo {
+                name: node.clone(),
+                addresses: vec![IpAddr::V4(Ipv4Addr::new(198, 18, 255, 1))],
+            }],
+        });
+        let addresses = (0..20u8)
+            .flat_map(|ns| (0..10u8).map(move |wl| Ipv4Addr::new(198, 18, ns, wl + 10)))
+            .chain((0..8u8).map(|i| Ipv4Addr::new(198, 19, 0, i)));
+        let peers = addresses
+            .map(|ip| {
+                let identity = inventory.resolve(IpAddr::V4(ip), 0, Some(&node)).identity;
+                (ip, identity)
+            })
+            .collect();
+        Self {
+            node,
+            inventory,
+            peers,
+        }
     }
 }

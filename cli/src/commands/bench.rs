@@ -2,6 +2,7 @@
 //! program, iptables and an nftables set, all measured in one run on the same
 //! netns pair, reported as ratios to the no-program baseline.
 
+mod ingest;
 mod measure;
 mod topo;
 
@@ -53,6 +54,22 @@ pub enum BenchCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Flow events through a real BPF ring buffer into the flow store: a
+    /// BPF producer emits datapath-layout events at --rate, the same load is
+    /// read once by a read-only consumer (baseline) and once resolved and
+    /// stored as the agent does. Exits 1 if the store lost events (ring
+    /// full, or fewer rows stored than read) at that rate.
+    Ingest {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Events per second the producer aims for; 0 = as fast as it can
+        /// (then the ring fills and the result is the consumer's maximum).
+        #[arg(long, default_value_t = 1_000_000)]
+        rate: u64,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +108,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
             connections,
             output,
         } => return run_l7(seconds, connections, output),
+        BenchCommand::Ingest {
+            seconds,
+            rate,
+            output,
+        } => return ingest::run_ingest(seconds, rate, output),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
