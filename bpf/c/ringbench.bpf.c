@@ -48,7 +48,7 @@ struct {
 	__type(value, __u64);
 } cnp_rb_stats SEC(".maps");
 
-/* The same size as the agent's cnp_events. */
+/* Sized at load time like the agent's cnp_events (--ring-buffer-mib). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);

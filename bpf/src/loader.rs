@@ -36,10 +36,26 @@ impl Datapath {
     /// agent) are reused with their contents - conntrack, counters, policy,
     /// modes - otherwise they are created and pinned there.
     pub fn load_or_open(pin_dir: &Path) -> Result<Datapath, DatapathError> {
+        Self::load_or_open_with(pin_dir, None)
+    }
+
+    /// [`Datapath::load_or_open`] with the event ring buffer sized to
+    /// `ring_bytes` (a power of two, a multiple of the page size) instead of
+    /// the object's 256 KiB. The size only applies when the ring is created:
+    /// a pinned ring is reused as it is.
+    pub fn load_or_open_with(
+        pin_dir: &Path,
+        ring_bytes: Option<u32>,
+    ) -> Result<Datapath, DatapathError> {
         ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .map_err(DatapathError::io("creating", pin_dir))?;
-        let mut ebpf = EbpfLoader::new().map_pin_path(pin_dir).load(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_pin_path(pin_dir);
+        if let Some(bytes) = ring_bytes {
+            loader.set_max_entries(names::EVENTS, bytes);
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for name in [PROG_FROM_POD, PROG_TO_POD] {
             classifier(&mut ebpf, name)?
                 .load()

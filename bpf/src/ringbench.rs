@@ -4,7 +4,7 @@
 
 use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::RawTracePoint;
-use aya::{include_bytes_aligned, Ebpf};
+use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
 
 use crate::error::DatapathError;
 use crate::maps::FlowEvent;
@@ -52,10 +52,17 @@ fn missing(kind: &'static str, name: &'static str) -> DatapathError {
 }
 
 impl RingBench {
-    /// Load, fill the peer table (address in host order, identity), attach.
+    /// Load with a ring of `ring_bytes` (a power of two, a multiple of the
+    /// page size), fill the peer table (address in host order, identity),
+    /// attach.
     /// Nothing is emitted until [`RingBench::start`] names the thread.
-    pub fn load(peers: &[(std::net::Ipv4Addr, u32)]) -> Result<RingBench, DatapathError> {
-        let mut ebpf = Ebpf::load(OBJECT)?;
+    pub fn load(
+        peers: &[(std::net::Ipv4Addr, u32)],
+        ring_bytes: u32,
+    ) -> Result<RingBench, DatapathError> {
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries(EVENTS, ring_bytes)
+            .load(OBJECT)?;
         let used = peers.len().min(MAX_PEERS);
         {
             let map = ebpf.map_mut(PEERS).ok_or_else(|| missing("map", PEERS))?;

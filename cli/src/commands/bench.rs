@@ -67,6 +67,9 @@ pub enum BenchCommand {
         /// (then the ring fills and the result is the consumer's maximum).
         #[arg(long, default_value_t = 1_000_000)]
         rate: u64,
+        /// Ring buffer size in MiB (a power of two); the agent's default.
+        #[arg(long, default_value_t = super::agent::DEFAULT_RING_MIB, value_parser = super::agent::parse_ring_mib)]
+        ring_buffer_mib: u32,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -111,8 +114,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Ingest {
             seconds,
             rate,
+            ring_buffer_mib,
             output,
-        } => return ingest::run_ingest(seconds, rate, output),
+        } => return ingest::run_ingest(seconds, rate, ring_buffer_mib, output),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -310,7 +314,7 @@ fn flood(
         flows_sent: sent,
         flows_counted: counted,
         events_delivered: delivered,
-        ring_buffer_bytes: 256 * 1024,
+        ring_buffer_bytes: 256 * 1024, // the object's default: this bench loads without --ring-buffer-mib
     })
 }
 

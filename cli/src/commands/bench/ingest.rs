@@ -6,10 +6,12 @@
 //! (0 = as fast as it can). The same load runs twice in one process: once
 //! with a consumer that only reads the ring (the baseline: what the ring
 //! buffer itself delivers on this machine while a producer shares its two
-//! cores), once resolving every event against the inventory
+//! cores), then twice resolving every event against the inventory
 //! (`FlowRecord::from_event`) and appending it to a `FlowStore` in batches
-//! of up to 8,192 (one fsynced WAL frame each). Ring-full reservations are
-//! counted in the kernel: drops are measured, not inferred.
+//! of up to 8,192 (one fsynced WAL frame each): inline in the reading
+//! thread, and queued to a store thread as the agent does. Ring-full
+//! reservations are counted in the kernel: drops are measured, not
+//! inferred.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,8 +34,17 @@ const BATCH: usize = 8192;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Consumer {
     ReadOnly,
+    /// Drain, resolve, append, then drain again (the ring fills while an
+    /// append fsyncs or waits for a segment): the agent's first design.
     Store,
+    /// The agent's design: the reader drains the ring into a bounded queue
+    /// (up to `QUEUE_BATCHES` drains) that a store thread resolves and
+    /// appends (`agent::store::StoreThread`).
+    QueuedStore,
 }
+
+/// Drains the queued consumer may hold before the reader waits (~1M events).
+const QUEUE_BATCHES: usize = 128;
 
 #[derive(Debug, Serialize)]
 pub struct IngestRow {
@@ -44,6 +55,7 @@ pub struct IngestRow {
     attempted: u64,
     /// Reservations that failed because the ring was full (kernel counter).
     ring_full: u64,
+    ring_buffer_mib: u32,
     /// Events read from the ring.
     delivered: u64,
     /// Rows in the store's Parquet segments after close.
@@ -89,22 +101,57 @@ fn produce(rate: u64, stop: &AtomicBool) {
     }
 }
 
+/// Resolves events against the inventory and appends them.
+struct StoreWorker {
+    store: FlowStore,
+    inventory: cnpilot_learner::Inventory,
+    node: String,
+    offset: i64,
+    records: Vec<FlowRecord>,
+}
+
+impl StoreWorker {
+    fn open(dir: &Path, cluster: &BenchCluster, offset: i64) -> anyhow::Result<StoreWorker> {
+        Ok(StoreWorker {
+            store: FlowStore::open(dir)
+                .with_context(|| format!("opening flow store {}", dir.display()))?,
+            inventory: cluster.inventory.clone(),
+            node: cluster.node.clone(),
+            offset,
+            records: Vec::with_capacity(BATCH),
+        })
+    }
+
+    fn append(&mut self, events: &[FlowEvent]) -> anyhow::Result<()> {
+        self.records.clear();
+        for ev in events {
+            let record = FlowRecord::from_event(ev, &self.inventory, &self.node, self.offset);
+            self.records.push(record);
+        }
+        self.store.append(&self.records)?;
+        Ok(())
+    }
+}
+
+enum Sink {
+    ReadOnly,
+    Inline(Box<StoreWorker>),
+    Queued(
+        mpsc::SyncSender<Vec<FlowEvent>>,
+        std::thread::JoinHandle<anyhow::Result<StoreWorker>>,
+    ),
+}
+
 fn run_one(
     consumer: Consumer,
     cluster: &BenchCluster,
     seconds: f64,
     rate: u64,
+    ring_mib: u32,
     store_dir: &Path,
 ) -> anyhow::Result<IngestRow> {
-    let mut bench = RingBench::load(&cluster.peers)
+    let mut bench = RingBench::load(&cluster.peers, ring_mib << 20)
         .context("loading the ring-buffer producer (needs root and BPF)")?;
-    let mut store = match consumer {
-        Consumer::Store => Some(
-            FlowStore::open(store_dir)
-                .with_context(|| format!("opening flow store {}", store_dir.display()))?,
-        ),
-        Consumer::ReadOnly => None,
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let go = Arc::new(Barrier::new(2));
     let (tid_tx, tid_rx) = mpsc::channel();
@@ -126,20 +173,37 @@ fn run_one(
     let offset = wall_offset_ns();
     let duration = Duration::from_secs_f64(seconds);
     let mut events: Vec<FlowEvent> = Vec::with_capacity(BATCH);
-    let mut records: Vec<FlowRecord> = Vec::with_capacity(BATCH);
     let mut delivered: u64 = 0;
-    let mut consume =
-        |events: &[FlowEvent]| -> anyhow::Result<()> {
-            delivered += events.len() as u64;
-            if let Some(store) = store.as_mut() {
-                records.clear();
-                records.extend(events.iter().map(|ev| {
-                    FlowRecord::from_event(ev, &cluster.inventory, &cluster.node, offset)
-                }));
-                store.append(&records)?;
+    let mut sink = match consumer {
+        Consumer::ReadOnly => Sink::ReadOnly,
+        Consumer::Store => Sink::Inline(Box::new(StoreWorker::open(store_dir, cluster, offset)?)),
+        Consumer::QueuedStore => {
+            let (tx, rx) = mpsc::sync_channel::<Vec<FlowEvent>>(QUEUE_BATCHES);
+            let mut worker = StoreWorker::open(store_dir, cluster, offset)?;
+            let handle = std::thread::Builder::new()
+                .name("ringbench-store".into())
+                .spawn(move || -> anyhow::Result<StoreWorker> {
+                    for batch in rx {
+                        worker.append(&batch)?;
+                    }
+                    Ok(worker)
+                })?;
+            Sink::Queued(tx, handle)
+        }
+    };
+    let mut consume = |events: &mut Vec<FlowEvent>| -> anyhow::Result<()> {
+        delivered += events.len() as u64;
+        match &mut sink {
+            Sink::ReadOnly => {}
+            Sink::Inline(worker) => worker.append(events)?,
+            Sink::Queued(tx, _) => {
+                let batch = std::mem::replace(events, Vec::with_capacity(BATCH));
+                tx.send(batch)
+                    .map_err(|_| anyhow::anyhow!("the store thread stopped"))?;
             }
-            Ok(())
-        };
+        }
+        Ok(())
+    };
     go.wait();
     let start = Instant::now();
     while start.elapsed() < duration {
@@ -148,7 +212,7 @@ fn run_one(
             std::thread::sleep(Duration::from_micros(50));
             continue;
         }
-        consume(&events)?;
+        consume(&mut events)?;
     }
     stop.store(true, Ordering::Relaxed);
     let joined = producer.join();
@@ -162,11 +226,22 @@ fn run_one(
         if bench.drain_into(&mut events, BATCH) == 0 {
             break;
         }
-        consume(&events)?;
+        consume(&mut events)?;
     }
-    let stored = match store.take() {
-        Some(store) => {
-            store.close()?;
+    let worker = match sink {
+        Sink::ReadOnly => None,
+        Sink::Inline(worker) => Some(*worker),
+        Sink::Queued(tx, handle) => {
+            drop(tx);
+            let joined = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
+            Some(joined?)
+        }
+    };
+    let stored = match worker {
+        Some(worker) => {
+            worker.store.close()?;
             let (_, report) = store::scan(&[store_dir.to_path_buf()], None)?;
             Some(report.rows)
         }
@@ -177,12 +252,14 @@ fn run_one(
     Ok(IngestRow {
         consumer: match consumer {
             Consumer::ReadOnly => "ring buffer, read only",
-            Consumer::Store => "ring buffer -> flow store",
+            Consumer::Store => "inline: drain, then store",
+            Consumer::QueuedStore => "queued store thread (agent)",
         },
         target_per_s: rate,
         seconds: elapsed,
         attempted,
         ring_full,
+        ring_buffer_mib: ring_mib,
         delivered,
         stored,
         events_per_s: delivered as f64 / elapsed,
@@ -190,7 +267,12 @@ fn run_one(
     })
 }
 
-pub fn run_ingest(seconds: f64, rate: u64, output: Format) -> anyhow::Result<Outcome> {
+pub fn run_ingest(
+    seconds: f64,
+    rate: u64,
+    ring_mib: u32,
+    output: Format,
+) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
         seconds > 0.0 && seconds.is_finite(),
         "--seconds must be a positive number"
@@ -200,14 +282,25 @@ pub fn run_ingest(seconds: f64, rate: u64, output: Format) -> anyhow::Result<Out
         std::env::temp_dir().join(format!("cnpilot-bench-ingest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store_dir);
     eprintln!("cnpilot bench: ring buffer, read only ...");
-    let read_only = run_one(Consumer::ReadOnly, &cluster, seconds, rate, &store_dir)?;
-    eprintln!("cnpilot bench: ring buffer -> flow store ...");
-    let result = run_one(Consumer::Store, &cluster, seconds, rate, &store_dir);
-    let _ = std::fs::remove_dir_all(&store_dir);
-    let mut stored = result?;
-    stored.ratio_to_read_only = stored.events_per_s / read_only.events_per_s.max(f64::MIN_POSITIVE);
-    let lossless = stored.ring_full == 0 && stored.stored == Some(stored.delivered as usize);
-    let rows = [read_only, stored];
+    let read_only = run_one(
+        Consumer::ReadOnly,
+        &cluster,
+        seconds,
+        rate,
+        ring_mib,
+        &store_dir,
+    )?;
+    let mut rows = vec![read_only];
+    for consumer in [Consumer::Store, Consumer::QueuedStore] {
+        eprintln!("cnpilot bench: {consumer:?} ...");
+        let result = run_one(consumer, &cluster, seconds, rate, ring_mib, &store_dir);
+        let _ = std::fs::remove_dir_all(&store_dir);
+        let mut row = result?;
+        row.ratio_to_read_only = row.events_per_s / rows[0].events_per_s.max(f64::MIN_POSITIVE);
+        rows.push(row);
+    }
+    let lossless =
+        |row: &IngestRow| row.ring_full == 0 && row.stored == Some(row.delivered as usize);
     match output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Table => {
@@ -217,7 +310,7 @@ pub fn run_ingest(seconds: f64, rate: u64, output: Format) -> anyhow::Result<Out
                 format!("{rate} events/s")
             };
             println!(
-                "producer: {target}, {seconds} s; ring buffer 256 KiB, batches of up to {BATCH}"
+                "producer: {target}, {seconds} s; ring buffer {ring_mib} MiB, batches of up to {BATCH}"
             );
             println!(
                 "{:<28} {:>11} {:>10} {:>11} {:>11} {:>14} {:>7}",
@@ -235,12 +328,17 @@ pub fn run_ingest(seconds: f64, rate: u64, output: Format) -> anyhow::Result<Out
                     row.ratio_to_read_only
                 );
             }
-            if !lossless {
-                println!("the store did not keep up: events were lost at the ring buffer or are missing from the store");
+            for row in rows.iter().skip(1).filter(|r| !lossless(r)) {
+                println!(
+                    "{}: did not keep up ({} events lost at the ring buffer, {} read but not stored)",
+                    row.consumer,
+                    row.ring_full,
+                    row.delivered as usize - row.stored.unwrap_or(0).min(row.delivered as usize)
+                );
             }
         }
     }
-    Ok(if lossless {
+    Ok(if rows.iter().skip(1).all(lossless) {
         Outcome::Success
     } else {
         Outcome::Finding
