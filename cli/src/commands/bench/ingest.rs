@@ -3,7 +3,7 @@
 //!
 //! The producer is `bpf/c/ringbench.bpf.c`: one datapath-layout event per
 //! system call of a producer thread that calls getppid, paced to `--rate`
-//! (0 = as fast as it can). The same load runs twice in one process: once
+//! (0 = as fast as it can). The same load runs three times in one process: once
 //! with a consumer that only reads the ring (the baseline: what the ring
 //! buffer itself delivers on this machine while a producer shares its two
 //! cores), then twice resolving every event against the inventory
