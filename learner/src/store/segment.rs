@@ -202,37 +202,44 @@ fn rows_to_frame(dict: &Dict, rows: &[&Row]) -> PolarsResult<DataFrame> {
     let ints_i64 = |name: &str, f: fn(&Row) -> i64| {
         Int64Chunked::from_vec(name.into(), rows.iter().map(|r| f(r)).collect()).into_column()
     };
-    let ints_u32 = |name: &str, f: &dyn Fn(&Row) -> u32| {
+    fn ints_u32(rows: &[&Row], name: &str, f: impl Fn(&Row) -> u32) -> Column {
         UInt32Chunked::from_vec(name.into(), rows.iter().map(|r| f(r)).collect()).into_column()
-    };
+    }
+    // Generic, not `dyn`: one call per value per column, so it must inline.
+    fn text(texts: &SharedTexts, rows: &[&Row], name: &str, f: impl Fn(&Row) -> u32) -> Column {
+        texts.column(name, rows.iter().map(|r| f(r)))
+    }
     let ints_u64 = |name: &str, f: fn(&Row) -> u64| {
         UInt64Chunked::from_vec(name.into(), rows.iter().map(|r| f(r)).collect()).into_column()
     };
-    let text = |name: &str, f: &dyn Fn(&Row) -> u32| texts.column(name, rows.iter().map(|r| f(r)));
     let columns = vec![
         ints_i64(c::WINDOW_START_NS, |r| r.start_ns),
         ints_i64(c::WINDOW_END_NS, |r| r.end_ns),
-        text(c::NODE, &|r| r.node),
-        ints_u32(c::SRC_IDENTITY, &|r| peer(r.src).identity),
-        text(c::SRC_NAMESPACE, &|r| peer(r.src).namespace),
-        text(c::SRC_WORKLOAD, &|r| peer(r.src).workload),
-        text(c::SRC_LABELS, &|r| labels_base + peer(r.src).labels),
-        text(c::SRC_IP, &|r| r.src_ip),
-        ints_u32(c::DST_IDENTITY, &|r| peer(r.dst).identity),
-        text(c::DST_NAMESPACE, &|r| peer(r.dst).namespace),
-        text(c::DST_WORKLOAD, &|r| peer(r.dst).workload),
-        text(c::DST_LABELS, &|r| labels_base + peer(r.dst).labels),
-        text(c::DST_IP, &|r| r.dst_ip),
-        ints_u32(c::PROTO, &|r| u32::from(r.proto)),
-        ints_u32(c::DST_PORT, &|r| u32::from(r.dst_port)),
-        text(c::DIRECTION, &|r| direction(r.direction)),
-        text(c::VERDICT, &|r| verdict(r.verdict)),
-        text(c::REASON, &|r| r.reason),
-        text(c::L7_PROTOCOL, &|r| l7_protocol(r.l7)),
-        text(c::L7_METHOD, &|r| r.method),
-        text(c::L7_PATH, &|r| r.path),
-        text(c::L7_QUERY, &|r| r.query),
-        text(c::L7_HOST, &|r| r.host),
+        text(&texts, rows, c::NODE, |r| r.node),
+        ints_u32(rows, c::SRC_IDENTITY, |r| peer(r.src).identity),
+        text(&texts, rows, c::SRC_NAMESPACE, |r| peer(r.src).namespace),
+        text(&texts, rows, c::SRC_WORKLOAD, |r| peer(r.src).workload),
+        text(&texts, rows, c::SRC_LABELS, |r| {
+            labels_base + peer(r.src).labels
+        }),
+        text(&texts, rows, c::SRC_IP, |r| r.src_ip),
+        ints_u32(rows, c::DST_IDENTITY, |r| peer(r.dst).identity),
+        text(&texts, rows, c::DST_NAMESPACE, |r| peer(r.dst).namespace),
+        text(&texts, rows, c::DST_WORKLOAD, |r| peer(r.dst).workload),
+        text(&texts, rows, c::DST_LABELS, |r| {
+            labels_base + peer(r.dst).labels
+        }),
+        text(&texts, rows, c::DST_IP, |r| r.dst_ip),
+        ints_u32(rows, c::PROTO, |r| u32::from(r.proto)),
+        ints_u32(rows, c::DST_PORT, |r| u32::from(r.dst_port)),
+        text(&texts, rows, c::DIRECTION, |r| direction(r.direction)),
+        text(&texts, rows, c::VERDICT, |r| verdict(r.verdict)),
+        text(&texts, rows, c::REASON, |r| r.reason),
+        text(&texts, rows, c::L7_PROTOCOL, |r| l7_protocol(r.l7)),
+        text(&texts, rows, c::L7_METHOD, |r| r.method),
+        text(&texts, rows, c::L7_PATH, |r| r.path),
+        text(&texts, rows, c::L7_QUERY, |r| r.query),
+        text(&texts, rows, c::L7_HOST, |r| r.host),
         UInt32Chunked::from_iter_options(c::L7_STATUS.into(), rows.iter().map(|r| r.status))
             .into_column(),
         ints_u64(c::PACKETS, |r| r.packets),
