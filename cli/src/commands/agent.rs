@@ -5,7 +5,7 @@ mod events;
 mod inventory;
 mod l7;
 mod policy;
-mod store;
+pub(crate) mod store;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -371,7 +371,7 @@ fn key_of(ev: &FlowEvent) -> FlowKey {
 }
 
 /// (Unix ns - monotonic ns, monotonic ns) now.
-fn clock_offset() -> (i64, u64) {
+pub(crate) fn clock_offset() -> (i64, u64) {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

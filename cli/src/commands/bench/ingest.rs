@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cnpilot_bpf::maps::FlowEvent;
@@ -62,21 +62,6 @@ pub struct IngestRow {
     stored: Option<usize>,
     events_per_s: f64,
     ratio_to_read_only: f64,
-}
-
-/// Unix ns minus `CLOCK_MONOTONIC` ns (the clock of `bpf_ktime_get_ns`).
-fn wall_offset_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let mono = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    wall - mono
 }
 
 /// Calls getppid (one event each) at `rate` per second until `stop`.
@@ -170,7 +155,8 @@ fn run_one(
     };
     let tid = tid_rx.recv().context("the producer thread did not start")?;
     bench.start(tid)?;
-    let offset = wall_offset_ns();
+    // Unix ns minus the clock of `bpf_ktime_get_ns`, as the agent takes it.
+    let (offset, _) = crate::commands::agent::store::clock_offset();
     let duration = Duration::from_secs_f64(seconds);
     let mut events: Vec<FlowEvent> = Vec::with_capacity(BATCH);
     let mut delivered: u64 = 0;
