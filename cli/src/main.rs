@@ -27,7 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// The loop: observe in audit mode (`agent`, `record`, `import hubble`),
 /// learn the flow table (`learn`), check and test policy (`policy`), and run
-/// all of it on one machine with the network-namespace `lab`.
+/// all of it on one machine with the network-namespace `lab`; then
+/// `recommend` least-privilege policies, `review`, `diff` and `explain` them.
 #[derive(Debug, Parser)]
 #[command(name = "cnpilot", version, propagate_version = true)]
 struct Cli {
@@ -60,6 +61,14 @@ enum Command {
     Import(commands::learn::ImportCommand),
     /// Print the aggregated flow table of a flow store.
     Learn(commands::learn::LearnArgs),
+    /// Least-privilege policies for what a flow store observed, with proofs.
+    Recommend(commands::recommend::RecommendArgs),
+    /// Review proposed policies: evidence, blast radius, what changes, risks.
+    Review(commands::review::ReviewArgs),
+    /// YAML diff of current and proposed policies, without formatting noise.
+    Diff(commands::diff::DiffArgs),
+    /// Which rule allows or denies a flow, and the evidence behind it.
+    Explain(commands::explain::ExplainArgs),
     /// Datapath and pipeline benchmarks.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -80,6 +89,10 @@ fn main() -> ExitCode {
         Command::Record(args) => commands::agent::run_record(args),
         Command::Import(cmd) => commands::learn::run_import(cmd),
         Command::Learn(args) => commands::learn::run_learn(args),
+        Command::Recommend(args) => commands::recommend::run(args),
+        Command::Review(args) => commands::review::run(args),
+        Command::Diff(args) => commands::diff::run(args),
+        Command::Explain(args) => commands::explain::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
     };
     match result {
@@ -100,7 +113,14 @@ impl Command {
     fn prints_to_a_pipe(&self) -> bool {
         matches!(
             self,
-            Command::Policy(_) | Command::Learn(_) | Command::Mode(_) | Command::Import(_)
+            Command::Policy(_)
+                | Command::Learn(_)
+                | Command::Mode(_)
+                | Command::Import(_)
+                | Command::Recommend(_)
+                | Command::Review(_)
+                | Command::Diff(_)
+                | Command::Explain(_)
         )
     }
 }

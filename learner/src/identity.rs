@@ -30,6 +30,32 @@ pub const PER_POD_LABELS: &[&str] = &[
     "job-name",
 ];
 
+/// Whether a pod label may appear in a policy selector: Cilium's default
+/// label filter (`pkg/labelsfilter`) keeps `app.kubernetes.io/*` and drops
+/// the per-pod labels, `io.kubernetes*`, `kubernetes.io*`, `*.k8s.io*`,
+/// `*beta.kubernetes.io*` and annotations; the labels Cilium itself adds
+/// (`io.kubernetes.pod.namespace`, `io.cilium.k8s.*`) describe the
+/// namespace or service account, not the workload, so they are not
+/// workload selectors either.
+pub fn is_selector_label(key: &str) -> bool {
+    if PER_POD_LABELS.contains(&key) {
+        return false;
+    }
+    if key.starts_with("app.kubernetes.io/") {
+        return true;
+    }
+    let (prefix, _) = key.rsplit_once('/').unwrap_or(("", key));
+    !(key.starts_with("io.kubernetes")
+        || key.starts_with("io.cilium.k8s")
+        || key.starts_with("reserved:")
+        || key.starts_with("cidr:")
+        || key.starts_with("annotation")
+        || prefix == "kubernetes.io"
+        || prefix.ends_with(".kubernetes.io")
+        || prefix == "k8s.io"
+        || prefix.ends_with(".k8s.io"))
+}
+
 /// First identity number handed to a cluster workload (below are reserved).
 pub const MIN_WORKLOAD_IDENTITY: u32 = 256;
 /// Last identity number of the cluster-local range (Cilium's default without
@@ -352,6 +378,25 @@ mod tests {
             labels.to_canonical(),
             "app=api;io.cilium.k8s.policy.serviceaccount=api-sa;io.kubernetes.pod.namespace=payments"
         );
+    }
+
+    #[test]
+    fn selector_labels_follow_ciliums_default_filter() {
+        for key in ["app", "app.kubernetes.io/name", "tier", "k8s-app", "team.example.com/owner"] {
+            assert!(is_selector_label(key), "{key}");
+        }
+        for key in [
+            "pod-template-hash",
+            "statefulset.kubernetes.io/pod-name",
+            "io.kubernetes.pod.namespace",
+            "io.cilium.k8s.policy.serviceaccount",
+            "kubernetes.io/hostname",
+            "topology.kubernetes.io/zone",
+            "node.k8s.io/pool",
+            "reserved:world",
+        ] {
+            assert!(!is_selector_label(key), "{key}");
+        }
     }
 
     #[test]

@@ -40,7 +40,9 @@
 pub mod cases;
 pub mod compile;
 pub mod model;
+pub mod proof;
 pub mod select;
+pub mod synth;
 
 pub use compile::{
     CompiledPolicy, Decision, HttpRequest, IdentityInput, NodeInput, Outcome, RuleRef, Side,

@@ -1,5 +1,9 @@
 pub mod agent;
 pub mod bench;
 pub mod demo;
+pub mod diff;
+pub mod explain;
 pub mod learn;
 pub mod policy;
+pub mod recommend;
+pub mod review;
