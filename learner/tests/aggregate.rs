@@ -71,6 +71,7 @@ fn synthetic_store_aggregates_with_templates_and_totals() {
         &[dir.path().to_path_buf()],
         &LearnOptions {
             since_ns: Some(cut),
+            ..LearnOptions::default()
         },
     )
     .unwrap();
@@ -90,7 +91,18 @@ fn synthetic_store_aggregates_with_templates_and_totals() {
     );
     let since = LearnOptions {
         since_ns: Some(cut),
+        ..LearnOptions::default()
     };
+    // --until keeps only the head, and the two windows add up.
+    let head = learn(
+        &dirs,
+        &LearnOptions {
+            until_ns: Some(cut),
+            ..LearnOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(head.rows.iter().map(|r| r.connections).sum::<u64>(), 15_000);
     assert_eq!(
         groupby::learn_groupby(&dirs, &since).unwrap().rows,
         tail.rows

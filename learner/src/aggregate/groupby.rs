@@ -33,6 +33,10 @@ pub fn stage1(lf: LazyFrame, options: &LearnOptions) -> LazyFrame {
         Some(since) => lf.filter(col(c::WINDOW_START_NS).gt_eq(lit(since))),
         None => lf,
     };
+    let lf = match options.until_ns {
+        Some(until) => lf.filter(col(c::WINDOW_START_NS).lt(lit(until))),
+        None => lf,
+    };
     let keys = [
         c::SRC_IDENTITY,
         c::SRC_NAMESPACE,

@@ -41,6 +41,8 @@ pub enum LearnError {
 pub struct LearnOptions {
     /// Only records whose window starts at or after this Unix ns.
     pub since_ns: Option<i64>,
+    /// Only records whose window starts before this Unix ns.
+    pub until_ns: Option<i64>,
 }
 
 /// One aggregated row.
@@ -128,6 +130,10 @@ pub fn learn_with_progress(
                         let lf = store::lazy_segments(std::slice::from_ref(path))?;
                         let lf = match options.since_ns {
                             Some(since) => lf.filter(col(c::WINDOW_START_NS).gt_eq(lit(since))),
+                            None => lf,
+                        };
+                        let lf = match options.until_ns {
+                            Some(until) => lf.filter(col(c::WINDOW_START_NS).lt(lit(until))),
                             None => lf,
                         };
                         let df = lf

@@ -99,6 +99,15 @@ fn policy_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     entries.sort();
     let mut files = Vec::new();
     for entry in entries {
+        // Hidden entries (`.cnpilot/`, editor swap files) are not policies:
+        // `recommend` keeps its report in `.cnpilot/` beside the YAML.
+        if entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
+            continue;
+        }
         if entry.is_dir() {
             files.extend(policy_files(&entry)?);
         } else if entry

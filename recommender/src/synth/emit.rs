@@ -261,7 +261,10 @@ fn groups(
     mode: L7Mode,
 ) -> Vec<Group> {
     let mut by_key: BTreeMap<(u8, String), Group> = BTreeMap::new();
-    for (peer, ports) in peers {
+    // Peers by name, so a rule lists them in an order a reader can scan.
+    let mut sorted: Vec<(&PeerRef, &BTreeMap<(u8, u16), PortEvidence>)> = peers.iter().collect();
+    sorted.sort_by_cached_key(|(p, _)| (kind_order(p), universe.name_of(p)));
+    for (peer, ports) in sorted {
         let (to_ports, http) = port_rules(peer, ports, dir, mode);
         let key = (
             kind_order(peer),
@@ -302,7 +305,7 @@ fn groups(
 
 fn evidence_text(e: &RuleEvidence) -> String {
     format!(
-        "{} connections/requests in {} flows, {} .. {}; e.g. {}",
+        "{} connections/requests in {} flow(s), {} .. {}; e.g. {}",
         e.connections,
         e.rows,
         format_time(e.first_seen_ns),
@@ -504,6 +507,7 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
             rules: evidence,
         });
     }
+    out.sort_by(|a, b| a.file_name.cmp(&b.file_name));
     out
 }
 
