@@ -23,4 +23,4 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 test: lint
 	CNPILOT_BIN=$(TARGET_DIR)/debug/cnpilot $(CARGO) test --workspace --no-fail-fast
-	$(TARGET_DIR)/debug/cnpilot policy test ../shared/policy-cases/seed.yaml recommender/cases
+	$(TARGET_DIR)/debug/cnpilot policy test recommender/seed-cases/article.yaml recommender/cases

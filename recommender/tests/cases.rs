@@ -31,7 +31,7 @@ fn run_all(path: &str) -> (usize, Vec<String>) {
 fn seed_cases_pass() {
     let (total, failures) = run_all(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/policy-cases/seed.yaml"
+        "/seed-cases/article.yaml"
     ));
     assert_eq!(total, 29);
     assert!(failures.is_empty(), "{}", failures.join("\n"));

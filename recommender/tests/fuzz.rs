@@ -4,7 +4,7 @@
 use cnpilot_recommender::cases::{parse_cases, run_case};
 use cnpilot_recommender::model::load_str;
 
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 struct Rng(u64);
 
@@ -107,14 +107,14 @@ fn mutate(rng: &mut Rng, seed: &str) -> String {
 fn seeds() -> Vec<String> {
     let mut out = Vec::new();
     for dir in [
-        format!("{SHARED}/seed/policies"),
+        format!("{ROOT}/cli/policies/seed"),
         format!("{}/cases", env!("CARGO_MANIFEST_DIR")),
     ] {
         for entry in std::fs::read_dir(dir).unwrap() {
             out.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
         }
     }
-    out.push(std::fs::read_to_string(format!("{SHARED}/policy-cases/seed.yaml")).unwrap());
+    out.push(std::fs::read_to_string(format!("{ROOT}/recommender/seed-cases/article.yaml")).unwrap());
     out
 }
 

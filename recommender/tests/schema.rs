@@ -4,26 +4,26 @@
 use cnpilot_recommender::cases::load_case_paths;
 use cnpilot_recommender::model::{load_paths, load_str, CiliumPolicy, PolicyKind};
 
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn schema(kind: PolicyKind) -> jsonschema::Validator {
     let file = match kind {
         PolicyKind::CiliumNetworkPolicy => "ciliumnetworkpolicy_v2.json",
         PolicyKind::CiliumClusterwideNetworkPolicy => "ciliumclusterwidenetworkpolicy_v2.json",
     };
-    let text = std::fs::read_to_string(format!("{SHARED}/crds/{file}")).unwrap();
+    let text = std::fs::read_to_string(format!("{ROOT}/recommender/crds/{file}")).unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
 }
 
 fn all_policies() -> Vec<CiliumPolicy> {
-    let mut out: Vec<CiliumPolicy> = load_paths(&[format!("{SHARED}/seed/policies")])
+    let mut out: Vec<CiliumPolicy> = load_paths(&[format!("{ROOT}/cli/policies/seed")])
         .unwrap()
         .policies
         .into_iter()
         .map(|p| p.policy)
         .collect();
     let cases = load_case_paths(&[
-        format!("{SHARED}/policy-cases"),
+        format!("{ROOT}/recommender/seed-cases"),
         format!("{}/cases", env!("CARGO_MANIFEST_DIR")),
     ])
     .unwrap();

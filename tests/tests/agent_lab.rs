@@ -464,7 +464,7 @@ fn record_feeds_learn_with_the_columns_of_a_hubble_import() {
     let hubble_store = rig.path("hubble-store");
     let hubble = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/hubble/observe-jsonpb.jsonl"
+        "/../learner/tests/fixtures/hubble/observe-jsonpb.jsonl"
     );
     let import = rig.lab.cnpilot(&[
         "import",

@@ -389,7 +389,7 @@ fn case_paths() -> [PathBuf; 2] {
     [
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/policy-cases/seed.yaml"
+            "/../recommender/seed-cases/article.yaml"
         )),
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../recommender/cases")),
     ]

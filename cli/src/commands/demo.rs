@@ -44,10 +44,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
 
     step("2. What Cilium does with the article's flows (policy cases)");
     let mut case_args = vec!["policy".to_string(), "test".to_string()];
-    let shared_cases = root.join("../shared/policy-cases/seed.yaml");
-    if shared_cases.exists() {
-        case_args.push(path_arg(&shared_cases));
-    }
+    case_args.push(path_arg(&root.join("recommender/seed-cases/article.yaml")));
     case_args.push(path_arg(&root.join("recommender/cases")));
     let case_refs: Vec<&str> = case_args.iter().map(String::as_str).collect();
     let cases_ok = run_shown(&me, &case_refs)?;
