@@ -246,6 +246,7 @@ struct decision {
 	__u8 denied;
 	__u8 reason;
 	__u8 redirect;
+	__u8 visibility; /* the redirect only records (no L7 rule) */
 	__u16 proxy_port;
 	__u32 rule_id;
 };
@@ -262,11 +263,13 @@ static __always_inline int probe(struct policy_key *k, struct decision *d, int *
 		d->rule_id = v->rule_id;
 		return 1;
 	}
-	if (!*allowed || (v->action == CNP_ACTION_REDIRECT && !d->redirect)) {
+	int proxied = v->action == CNP_ACTION_REDIRECT || v->action == CNP_ACTION_VISIBILITY;
+	if (!*allowed || (proxied && !d->redirect)) {
 		*allowed = 1;
 		d->rule_id = v->rule_id;
-		if (v->action == CNP_ACTION_REDIRECT) {
+		if (proxied) {
 			d->redirect = 1;
+			d->visibility = v->action == CNP_ACTION_VISIBILITY;
 			d->proxy_port = v->proxy_port;
 		}
 	}
@@ -460,6 +463,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct decision d = {};
 	evaluate(ep->identity, dir, peer, &p, &d);
 	__u16 proxy_port = d.redirect ? d.proxy_port : 0;
+	/* Visibility only records: at the server's veth a connection that did
+	 * not come through the proxy is let through, not dropped as a bypass. */
+	if (d.visibility && dir == CNP_DIR_INGRESS)
+		proxy_port = 0;
 	__u32 rule_id = d.rule_id;
 	if (dir == CNP_DIR_EGRESS && p.proto == IPPROTO_TCP && far &&
 	    (far->flags & CNP_IPCACHE_F_LOCAL_ENDPOINT)) {

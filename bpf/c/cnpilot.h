@@ -35,6 +35,10 @@
 #define CNP_ACTION_ALLOW 1
 #define CNP_ACTION_DENY 2
 #define CNP_ACTION_REDIRECT 3 /* allowed at L3/L4, hand to the L7 proxy */
+/* Allowed at L3/L4 and handed to the proxy only to be recorded (audit
+ * HTTP visibility): no L7 rule applies, so a connection that reaches the
+ * server without the proxy (from the host, say) is not a bypass. */
+#define CNP_ACTION_VISIBILITY 4
 
 /* Event verdicts. */
 #define CNP_VERDICT_FORWARDED 0

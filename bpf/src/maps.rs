@@ -36,6 +36,9 @@ pub mod action {
     pub const ALLOW: u8 = 1;
     pub const DENY: u8 = 2;
     pub const REDIRECT: u8 = 3;
+    /// Allowed, and handed to the proxy only to record requests (HTTP
+    /// visibility without L7 rules).
+    pub const VISIBILITY: u8 = 4;
 }
 
 pub mod verdict {

@@ -207,14 +207,31 @@ pub struct SeedAgent<'a> {
 impl<'a> SeedAgent<'a> {
     /// Starts the agent and waits until it has attached to every pod.
     pub fn start(lab: &'a Lab, out: &Path) -> SeedAgent<'a> {
+        let seed = workspace_root().join("cli/policies/seed");
+        SeedAgent::start_with(lab, out, Some(&seed), "audit", &[])
+    }
+
+    /// The agent with any policy directory (or none), mode and extra
+    /// arguments (`--store DIR`, `--http-visibility auto`, …).
+    pub fn start_with(
+        lab: &'a Lab,
+        out: &Path,
+        policies: Option<&Path>,
+        mode: &str,
+        extra: &[&str],
+    ) -> SeedAgent<'a> {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/cnpilot-{}", lab.prefix));
         let events = out.join("events.jsonl");
         let stderr = out.join("agent.err");
-        let child = Command::new(cnpilot_bin())
-            .args(["agent", "--policies"])
-            .arg(workspace_root().join("cli/policies/seed"))
-            .args(["--mode", "audit", "--pin-dir"])
+        let mut cmd = Command::new(cnpilot_bin());
+        cmd.arg("agent");
+        if let Some(dir) = policies {
+            cmd.arg("--policies").arg(dir);
+        }
+        let child = cmd
+            .args(["--mode", mode, "--pin-dir"])
             .arg(&pin_dir)
+            .args(extra)
             .arg("--events")
             .arg(&events)
             .env("CNPILOT_LAB_PREFIX", &lab.prefix)
@@ -244,6 +261,15 @@ impl<'a> SeedAgent<'a> {
 
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Every event line so far (flow and http events), parsed.
+    pub fn all_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect()
     }
 
     pub fn pin(&self) -> &str {

@@ -18,6 +18,7 @@ use cnpilot_bpf::{Datapath, IpcacheEntry, Mode, Tables, DEFAULT_PIN_DIR};
 
 use crate::Outcome;
 pub use inventory::ns_id;
+pub use policy::Visibility;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -59,6 +60,14 @@ pub struct AgentArgs {
     /// lost to a full ring are still counted per flow.
     #[arg(long, default_value_t = DEFAULT_RING_MIB, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
+    /// HTTP visibility without L7 rules, as Cilium's proxy visibility:
+    /// connections to these pod ports go through the proxy, which records
+    /// every request (method, path, host, status) and forwards it; policy
+    /// decides exactly as without it. `auto`: the ports pods declare as
+    /// HTTP (the default for `record`, which is for learning); `off`: none
+    /// (the default for `agent`); or a list: `8080,9090`, `auto,8443`.
+    #[arg(long, value_name = "auto|off|PORTS")]
+    pub http_visibility: Option<Visibility>,
 }
 
 /// The agent's event ring buffer (see `--ring-buffer-mib`).
@@ -128,10 +137,11 @@ pub fn run_mode(args: ModeArgs) -> anyhow::Result<Outcome> {
 
 fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     let inv = inventory::Inventory::from_lab(&args.lab_dir)?;
-    let entries = match &args.policies {
-        Some(dir) => policy::compile(dir, &inv, args.proxy_port)?,
-        None => policy::none(),
-    };
+    let visibility = args.http_visibility.clone().unwrap_or(match duration {
+        Some(_) => Visibility::Auto(Vec::new()),
+        None => Visibility::Off,
+    });
+    let entries = policy::compile(args.policies.as_deref(), &inv, args.proxy_port, &visibility)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

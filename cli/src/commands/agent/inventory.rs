@@ -50,6 +50,17 @@ struct PodFile {
     host_ifindex: Option<u32>,
     #[serde(default)]
     host_network: bool,
+    #[serde(default)]
+    servers: Vec<ServerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerFile {
+    port: u16,
+    #[serde(default)]
+    protocol: String,
+    #[serde(default)]
+    kind: String,
 }
 
 /// One pod the agent enforces on (host-network pods are the node's business).
@@ -58,12 +69,17 @@ pub struct Pod {
     pub namespace: String,
     pub workload: String,
     pub name: String,
-    pub labels: BTreeMap<String, String>,
     pub ip: Ipv4Addr,
     pub host_veth: String,
     pub host_ifindex: u32,
     pub identity: u32,
     pub ns_id: u32,
+    /// TCP ports the pod declares as HTTP (the lab's `kind: http`
+    /// servers; containerPorts on a cluster): HTTP visibility's `auto`.
+    pub http_ports: Vec<u16>,
+    /// The pod's identity labels (per-pod labels removed, namespace
+    /// labels added), as the learner records them.
+    pub identity_labels: Labels,
 }
 
 #[derive(Debug)]
@@ -126,13 +142,20 @@ impl Inventory {
                 tracing::warn!(pod = %p.name, "pod without a host-side veth in the lab state: skipped");
                 continue;
             };
+            let http_ports = p
+                .servers
+                .iter()
+                .filter(|s| s.kind == "http" && (s.protocol.is_empty() || s.protocol == "tcp"))
+                .map(|s| s.port)
+                .collect();
             pods.push(Pod {
                 identity: identities.allocate(&labels),
+                http_ports,
+                identity_labels: labels,
                 ns_id: ns_id(&p.namespace),
                 namespace: p.namespace,
                 workload: p.workload,
                 name: p.name,
-                labels: p.labels,
                 ip: p.ip,
                 host_veth,
                 host_ifindex,

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cnpilot_bpf::maps::{IpcacheValue, PolicyKey, PolicyValue, SubjectKey, SubjectValue};
+use cnpilot_bpf::maps::{
+    action, identity, Direction, IpcacheValue, PolicyKey, PolicyValue, SubjectKey, SubjectValue,
+};
 use cnpilot_bpf::IpcacheEntry;
 use cnpilot_recommender::{CompiledPolicy, IdentityInput};
 
@@ -31,33 +33,209 @@ pub fn none() -> MapEntries {
     }
 }
 
-/// `proxy_port` goes into REDIRECT entries (0: no proxy, L7 ports pass at L4).
-pub fn compile(dir: &Path, inv: &Inventory, proxy_port: u16) -> anyhow::Result<MapEntries> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading policy directory {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    let set = cnpilot_recommender::load_paths(&files)
-        .with_context(|| format!("loading policies from {}", dir.display()))?;
+/// Which server ports the proxy records HTTP on without any L7 rule
+/// (Cilium's proxy visibility), in audit and enforce alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visibility {
+    Off,
+    /// The ports each pod declares as HTTP, plus these.
+    Auto(Vec<u16>),
+    /// Exactly these ports, on every pod.
+    Ports(Vec<u16>),
+}
+
+impl std::str::FromStr for Visibility {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Visibility::Off);
+        }
+        let mut auto = false;
+        let mut ports = Vec::new();
+        for item in text.split(',').map(str::trim) {
+            if item == "auto" {
+                auto = true;
+                continue;
+            }
+            match item.parse::<u16>() {
+                Ok(p) if p > 0 => ports.push(p),
+                _ => {
+                    return Err(format!(
+                        "`{item}`: expected auto, off, or a comma-separated list of TCP ports (e.g. auto,8443 or 8080,9090)"
+                    ))
+                }
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(if auto {
+            Visibility::Auto(ports)
+        } else {
+            Visibility::Ports(ports)
+        })
+    }
+}
+
+impl Visibility {
+    fn ports_of(&self, pod: &super::inventory::Pod) -> Vec<u16> {
+        let mut ports = match self {
+            Visibility::Off => return Vec::new(),
+            Visibility::Auto(extra) => {
+                let mut p = pod.http_ports.clone();
+                p.extend(extra);
+                p
+            }
+            Visibility::Ports(p) => p.clone(),
+        };
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+/// The agent's identities, with the learner's identity labels (so the
+/// policies the agent enforces select exactly what the flow store records).
+fn identity_inputs(inv: &Inventory) -> Vec<IdentityInput> {
     let mut inputs: Vec<IdentityInput> = Vec::new();
     for pod in &inv.pods {
         if let Some(existing) = inputs.iter_mut().find(|i| i.id == pod.identity) {
             existing.addrs.push(pod.ip);
             continue;
         }
-        let mut labels = pod.labels.clone();
-        labels.retain(|k, _| k != "pod-template-hash");
         inputs.push(IdentityInput {
             id: pod.identity,
             namespace: pod.namespace.clone(),
-            labels,
+            labels: pod
+                .identity_labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             named_ports: Default::default(),
             addrs: vec![pod.ip],
         });
     }
+    inputs
+}
+
+/// HTTP visibility in the maps: every connection to a visibility port of a
+/// pod goes through the proxy, which records each request and forwards it
+/// (policy decides as before). Where the pod's ingress has no policy, it
+/// gets a subject entry without default deny and an any-peer entry; where
+/// it has one, every entry that allows the port gets a port-exact twin
+/// that also hands the connection to the proxy. Entries already carrying
+/// L7 rules, and deny entries, stay as they are. Visibility entries are
+/// never in the evaluator: it decides exactly as without them.
+fn add_visibility(
+    policy: &mut Vec<(PolicyKey, PolicyValue)>,
+    subjects: &mut Vec<(SubjectKey, SubjectValue)>,
+    inv: &Inventory,
+    visibility: &Visibility,
+    proxy_port: u16,
+) -> usize {
+    if proxy_port == 0 {
+        return 0;
+    }
+    let mut added = 0;
+    let mut done = std::collections::BTreeSet::new();
+    for pod in &inv.pods {
+        let ports = visibility.ports_of(pod);
+        if ports.is_empty() || !done.insert(pod.identity) {
+            continue;
+        }
+        let ingress = Direction::Ingress as u8;
+        let subject = SubjectKey {
+            identity: pod.identity,
+            direction: u32::from(ingress),
+        };
+        let selected = subjects.iter().any(|(k, _)| *k == subject);
+        if !selected {
+            subjects.push((subject, SubjectValue { flags: 0 }));
+        }
+        for port in ports {
+            let mut twins: Vec<(PolicyKey, PolicyValue)> = Vec::new();
+            if !selected {
+                twins.push((
+                    PolicyKey {
+                        subject: pod.identity,
+                        peer: identity::ANY,
+                        dport: port,
+                        proto: 6,
+                        direction: ingress,
+                    },
+                    PolicyValue {
+                        action: action::VISIBILITY,
+                        pad: 0,
+                        proxy_port,
+                        rule_id: 0,
+                    },
+                ));
+            }
+            for (k, v) in policy.iter() {
+                let covers = k.subject == pod.identity
+                    && k.direction == ingress
+                    && (k.dport == port || k.dport == 0)
+                    && (k.proto == 6 || k.proto == 0)
+                    && v.action == action::ALLOW
+                    // The host's own traffic to its pods never passes a
+                    // client veth: nothing to hand to the proxy.
+                    && k.peer != identity::HOST;
+                if covers {
+                    twins.push((
+                        PolicyKey {
+                            dport: port,
+                            proto: 6,
+                            ..*k
+                        },
+                        PolicyValue {
+                            action: action::VISIBILITY,
+                            proxy_port,
+                            ..*v
+                        },
+                    ));
+                }
+            }
+            for (key, value) in twins {
+                match policy.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, existing)) if existing.action == action::ALLOW => *existing = value,
+                    Some(_) => {}
+                    None => policy.push((key, value)),
+                }
+                added += 1;
+            }
+        }
+    }
+    policy.sort_by_key(|(k, _)| *k);
+    subjects.sort_by_key(|(k, _)| *k);
+    added
+}
+
+/// `proxy_port` goes into REDIRECT entries (0: no proxy, L7 ports pass at
+/// L4). Without a policy directory nothing is selected, but visibility
+/// still applies.
+pub fn compile(
+    dir: Option<&Path>,
+    inv: &Inventory,
+    proxy_port: u16,
+    visibility: &Visibility,
+) -> anyhow::Result<MapEntries> {
+    if dir.is_none() && *visibility == Visibility::Off {
+        return Ok(none());
+    }
+    let set = match dir {
+        Some(dir) => {
+            let mut files: Vec<_> = std::fs::read_dir(dir)
+                .with_context(|| format!("reading policy directory {}", dir.display()))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            files.sort();
+            cnpilot_recommender::load_paths(&files)
+                .with_context(|| format!("loading policies from {}", dir.display()))?
+        }
+        None => Default::default(),
+    };
+    let inputs = identity_inputs(inv);
     let mut compiled = CompiledPolicy::compile(&set, &inputs, None);
     compiled.set_proxy_port(proxy_port);
     for w in compiled.warnings() {
@@ -75,9 +253,15 @@ pub fn compile(dir: &Path, inv: &Inventory, proxy_port: u16) -> anyhow::Result<M
             },
         })
         .collect();
+    let mut policy = compiled.policy_entries();
+    let mut subjects = compiled.subject_entries();
+    let visible = add_visibility(&mut policy, &mut subjects, inv, visibility, proxy_port);
+    if visible > 0 {
+        tracing::info!("HTTP visibility: {visible} proxy entries");
+    }
     Ok(MapEntries {
-        policy: compiled.policy_entries(),
-        subjects: compiled.subject_entries(),
+        policy,
+        subjects,
         ipcache,
         compiled: Arc::new(compiled),
     })
