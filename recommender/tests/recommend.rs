@@ -70,6 +70,7 @@ fn row(src: &W, dst: &W, proto: u8, port: u16, http: Option<(&str, &[&str])>, n:
         verdicts: BTreeMap::from([("forwarded".to_string(), n)]),
         nodes: ["node-1".to_string()].into(),
         paths,
+        with_query: 0,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::record::columns as c;
 const NONE: u32 = u32::MAX;
 
 /// Columns the fold reads (the scan projects to these).
-pub(crate) const COLUMNS: [&str; 21] = [
+pub(crate) const COLUMNS: [&str; 22] = [
     c::WINDOW_START_NS,
     c::WINDOW_END_NS,
     c::NODE,
@@ -39,6 +39,7 @@ pub(crate) const COLUMNS: [&str; 21] = [
     c::L7_PROTOCOL,
     c::L7_METHOD,
     c::L7_PATH,
+    c::L7_QUERY,
     c::PACKETS,
     c::BYTES,
     c::COUNT,
@@ -88,6 +89,7 @@ struct Agg {
     /// `MAX_EVIDENCE_PATHS` (smallest, not first seen: the evidence must not
     /// depend on which worker read which segment first).
     paths: Vec<u32>,
+    with_query: u64,
 }
 
 /// One worker's partial table.
@@ -178,6 +180,13 @@ impl Folder {
             codes(s, df, c::VERDICT)?,
             codes(s, df, c::NODE)?,
         );
+        // Only whether a query was there matters, not its text.
+        let queried: Vec<bool> = df
+            .column(c::L7_QUERY)?
+            .str()?
+            .iter()
+            .map(|q| q.is_some_and(|q| !q.is_empty()))
+            .collect();
         let (src_id, dst_id) = (u32s(df, c::SRC_IDENTITY)?, u32s(df, c::DST_IDENTITY)?);
         let (proto, port) = (u32s(df, c::PROTO)?, u32s(df, c::DST_PORT)?);
         let (count, packets, bytes) = (
@@ -218,7 +227,9 @@ impl Folder {
                 verdicts: Vec::new(),
                 nodes: Vec::new(),
                 paths: Vec::new(),
+                with_query: 0,
             });
+            agg.with_query += u64::from(queried[i]);
             agg.connections += count[i];
             agg.records += 1;
             agg.packets += packets[i];
@@ -284,6 +295,7 @@ impl Folder {
                     .collect::<BTreeMap<_, _>>(),
                 nodes: agg.nodes.iter().map(|&n| owned(n)).collect::<BTreeSet<_>>(),
                 paths: agg.paths.iter().map(|&p| owned(p)).collect::<BTreeSet<_>>(),
+                with_query: agg.with_query,
             })
             .collect()
     }

@@ -64,6 +64,14 @@ pub fn stage1(lf: LazyFrame, options: &LearnOptions) -> LazyFrame {
             col(c::BYTES).sum().alias("bytes"),
             col(c::WINDOW_START_NS).min().alias("first_seen_ns"),
             col(c::WINDOW_END_NS).max().alias("last_seen_ns"),
+            col(c::L7_QUERY)
+                .str()
+                .len_bytes()
+                .fill_null(lit(0))
+                .gt(lit(0))
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("with_query"),
         ])
 }
 
@@ -128,6 +136,7 @@ fn fold_into(rows: &mut BTreeMap<SummaryKey, FlowSummary>, df: &DataFrame) -> Po
         u64s("bytes")?,
     );
     let (first, last) = (i64s("first_seen_ns")?, i64s("last_seen_ns")?);
+    let with_query = u64s("with_query")?;
 
     let s = |ca: &StringChunked, i: usize| ca.get(i).unwrap_or_default().to_string();
     for i in 0..df.height() {
@@ -193,7 +202,9 @@ fn fold_into(rows: &mut BTreeMap<SummaryKey, FlowSummary>, df: &DataFrame) -> Po
                 verdicts: BTreeMap::new(),
                 nodes: BTreeSet::new(),
                 paths: BTreeSet::new(),
+                with_query: 0,
             });
+        row.with_query += with_query.get(i).unwrap_or_default();
         let n = conns.get(i).unwrap_or_default();
         row.connections += n;
         row.records += records.get(i).unwrap_or_default();

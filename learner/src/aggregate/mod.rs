@@ -76,6 +76,9 @@ pub struct FlowSummary {
     pub nodes: BTreeSet<String>,
     /// Raw distinct paths behind the template (evidence), capped.
     pub paths: BTreeSet<String>,
+    /// HTTP records (requests) whose target carried a query string: a
+    /// rule must then match `path?query`, as Envoy matches `:path`.
+    pub with_query: u64,
 }
 
 /// Source, destination, then service (proto, port, L7): tuples are `Ord`
@@ -217,6 +220,7 @@ pub(crate) fn merge_into(rows: &mut BTreeMap<SummaryKey, FlowSummary>, part: Flo
             row.nodes.extend(part.nodes);
             row.paths.extend(part.paths);
             cap_evidence(&mut row.paths);
+            row.with_query += part.with_query;
         }
     }
 }
@@ -289,6 +293,7 @@ impl FlowTable {
                 }),
                 col_s("nodes", &|x| join(&x.nodes)),
                 col_s("paths", &|x| join(&x.paths)),
+                col_u64("with_query", &|x| x.with_query),
             ],
         )
     }

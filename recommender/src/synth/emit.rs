@@ -84,8 +84,10 @@ fn merge(into: &mut PortEvidence, from: PortEvidence) {
     }
     for (method, templates) in from.requests {
         let t = into.requests.entry(method).or_default();
-        for (template, paths) in templates {
-            t.entry(template).or_default().extend(paths);
+        for (template, m) in templates {
+            let slot = t.entry(template).or_default();
+            slot.paths.extend(m.paths);
+            slot.with_query |= m.with_query;
         }
     }
 }

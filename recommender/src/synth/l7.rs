@@ -41,7 +41,19 @@ impl std::str::FromStr for L7Mode {
 
 /// Requests seen on one port from one peer: method → path template →
 /// the distinct raw paths behind it.
-pub type Requests = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+pub type Requests = BTreeMap<String, BTreeMap<String, Members>>;
+
+/// The raw paths of one template, and whether any request carried a query
+/// string: Envoy matches a rule's `path` against `:path`, which includes
+/// `?query`, so such a rule must allow a query after the path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    pub paths: BTreeSet<String>,
+    pub with_query: bool,
+}
+
+/// What a path rule appends when queries were seen.
+pub const QUERY_SUFFIX: &str = r"(\?.*)?";
 
 /// One generated HTTP rule and the observed paths it stands for.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,20 +113,21 @@ pub fn http_rules(requests: &Requests, mode: L7Mode) -> Vec<GeneratedHttp> {
             L7Mode::Off => {}
             L7Mode::Methods => out.push(GeneratedHttp {
                 rule: rule(method, None),
-                members: templates.values().flatten().cloned().collect(),
+                members: templates.values().flat_map(|m| m.paths.iter().cloned()).collect(),
             }),
             L7Mode::Paths => {
-                for (template, members) in templates {
-                    let collapsible = template.contains(ID) && members.len() >= MIN_TEMPLATE_MEMBERS;
+                for (template, m) in templates {
+                    let query = if m.with_query { QUERY_SUFFIX } else { "" };
+                    let collapsible = template.contains(ID) && m.paths.len() >= MIN_TEMPLATE_MEMBERS;
                     if collapsible {
                         out.push(GeneratedHttp {
-                            rule: rule(method, Some(template_regex(template, members))),
-                            members: members.iter().cloned().collect(),
+                            rule: rule(method, Some(format!("{}{query}", template_regex(template, &m.paths)))),
+                            members: m.paths.iter().cloned().collect(),
                         });
                     } else {
-                        for path in members {
+                        for path in &m.paths {
                             out.push(GeneratedHttp {
-                                rule: rule(method, Some(literal(path))),
+                                rule: rule(method, Some(format!("{}{query}", literal(path)))),
                                 members: vec![path.clone()],
                             });
                         }
@@ -127,20 +140,28 @@ pub fn http_rules(requests: &Requests, mode: L7Mode) -> Vec<GeneratedHttp> {
 }
 
 /// Add one observed request to `requests`.
-pub fn observe(requests: &mut Requests, method: &str, template: &str, paths: &BTreeSet<String>) {
+pub fn observe(
+    requests: &mut Requests,
+    method: &str,
+    template: &str,
+    paths: &BTreeSet<String>,
+    with_query: bool,
+) {
     let members = requests
         .entry(method.to_string())
         .or_default()
         .entry(template.to_string())
         .or_default();
+    members.with_query |= with_query;
     if paths.is_empty() {
-        members.insert(template.to_string());
+        members.paths.insert(template.to_string());
     } else {
-        members.extend(paths.iter().cloned());
+        members.paths.extend(paths.iter().cloned());
     }
     // A template recomputed from its members keeps rows merged from
     // different tables consistent.
     debug_assert!(members
+        .paths
         .iter()
         .all(|m| pathtemplate::template(m) == template || m == template));
 }
@@ -162,7 +183,7 @@ mod tests {
         let mut r = Requests::new();
         for p in paths {
             let t = pathtemplate::template(p).into_owned();
-            observe(&mut r, method, &t, &[p.to_string()].into());
+            observe(&mut r, method, &t, &[p.to_string()].into(), false);
         }
         r
     }
@@ -192,6 +213,19 @@ mod tests {
         assert!(http_matches(&rules[0].rule, &req("GET", "/v1.0/status")));
         assert!(!http_matches(&rules[0].rule, &req("GET", "/v1x0/status")));
         assert!(!http_matches(&rules[0].rule, &req("GET", "/v1.0/status/x")));
+    }
+
+    #[test]
+    fn a_query_seen_lets_the_rule_match_path_and_query() {
+        let mut r = Requests::new();
+        observe(&mut r, "GET", "/search", &["/search".to_string()].into(), true);
+        let rules = http_rules(&r, L7Mode::Paths);
+        assert!(http_matches(&rules[0].rule, &req("GET", "/search?q=a")));
+        assert!(http_matches(&rules[0].rule, &req("GET", "/search")));
+        assert!(!http_matches(&rules[0].rule, &req("GET", "/search/x")));
+        // Without a query seen, a query is not allowed (Envoy's `:path`).
+        let plain = http_rules(&seen("GET", &["/search"]), L7Mode::Paths);
+        assert!(!http_matches(&plain[0].rule, &req("GET", "/search?q=a")));
     }
 
     #[test]

@@ -125,14 +125,27 @@ pub fn requests_of(row: &FlowSummary) -> Vec<HttpRequest> {
     } else {
         row.paths.iter().map(String::as_str).collect()
     };
-    paths
+    let mut out: Vec<HttpRequest> = paths
         .into_iter()
         .map(|p| HttpRequest {
             method: method.to_string(),
             path: p.to_string(),
             ..HttpRequest::default()
         })
-        .collect()
+        .collect();
+    // The table keeps whether queries were seen, not their text: one
+    // request with a query stands for them.
+    if row.with_query > 0 {
+        let with: Vec<HttpRequest> = out
+            .iter()
+            .map(|r| HttpRequest {
+                path: format!("{}?q=1", r.path),
+                ..r.clone()
+            })
+            .collect();
+        out.extend(with);
+    }
+    out
 }
 
 /// What one side (a subject in one direction) must allow, per peer and
@@ -167,7 +180,13 @@ impl PortEvidence {
             self.example = Some(flow.clone());
         }
         match http_of(row) {
-            Some((method, template)) => l7::observe(&mut self.requests, method, template, &row.paths),
+            Some((method, template)) => l7::observe(
+                &mut self.requests,
+                method,
+                template,
+                &row.paths,
+                row.with_query > 0,
+            ),
             None => self.plain = true,
         }
     }

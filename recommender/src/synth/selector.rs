@@ -218,10 +218,21 @@ mod tests {
     }
 
     #[test]
-    fn shared_labels_need_a_second_key() {
+    fn a_shared_preferred_label_gives_way_to_one_that_tells_them_apart() {
         let a = wl(300, "ns", "a", &[("app", "web"), ("track", "stable")]);
         let b = wl(301, "ns", "b", &[("app", "web"), ("track", "canary")]);
         let u = universe(&[a.clone(), b]);
+        let c = choose(&a, &u);
+        assert!(c.exact);
+        assert_eq!(c.selector.match_labels.keys().collect::<Vec<_>>(), ["track"]);
+    }
+
+    #[test]
+    fn two_keys_when_no_single_key_is_unique() {
+        let a = wl(300, "ns", "a", &[("app", "web"), ("track", "stable")]);
+        let b = wl(301, "ns", "b", &[("app", "web"), ("track", "canary")]);
+        let c2 = wl(302, "ns", "c", &[("app", "api"), ("track", "stable")]);
+        let u = universe(&[a.clone(), b, c2]);
         let c = choose(&a, &u);
         assert!(c.exact);
         assert_eq!(c.selector.match_labels.len(), 2);
