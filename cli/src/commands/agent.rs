@@ -210,6 +210,23 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         ))
     };
     let (mut seen, mut drops) = (0u64, 0u64);
+    // `record` is a fixed window: a bar shows how much of it is left and
+    // what has been seen so far (hidden when stderr is not a terminal).
+    let bar = match duration {
+        Some(d) => {
+            let bar = indicatif::ProgressBar::new(d.as_millis() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} recording [{elapsed_precise}] {wide_bar} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        }
+        None => indicatif::ProgressBar::hidden(),
+    };
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let result: anyhow::Result<()> = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
@@ -257,6 +274,10 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                         out.flush()?;
                     }
                 }
+                _ = tick.tick(), if duration.is_some() => {
+                    bar.set_position(started.elapsed().as_millis() as u64);
+                    bar.set_message(format!("{seen} events, {drops} would-drop/drop"));
+                }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = &mut deadline => break,
@@ -264,6 +285,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         }
         Ok(())
     });
+    bar.finish_and_clear();
     result?;
     out.flush()?;
     let flows = dp.tables().read_counters()?;

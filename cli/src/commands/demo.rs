@@ -18,8 +18,8 @@ pub struct DemoArgs {
     #[arg(long)]
     policies: Option<PathBuf>,
 
-    /// How long the lab's clients talk in audit mode.
-    #[arg(long, default_value = "3s")]
+    /// How long the lab's clients talk while recording (whole seconds).
+    #[arg(long, default_value = "8s")]
     traffic: String,
 
     /// Leave the lab up at the end (for poking around with `lab exec`).
@@ -79,36 +79,114 @@ fn run_lab_demo(me: &Path, policies: &Path, args: &DemoArgs) -> anyhow::Result<(
     run_checked(me, &["lab", "up", "--scenario", "seed"])?;
     run_checked(me, &["lab", "status"])?;
 
-    step("4. The agent attaches eBPF programs to every pod's veth, in audit mode");
     let work = std::env::temp_dir().join(format!("cnpilot-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let events = work.join("events.jsonl");
     let store = work.join("store");
+    let proposed = work.join("proposed");
+    let events = work.join("events.jsonl");
+
+    step("4. Record in audit: the article's policies loaded, HTTP visibility on, nothing dropped");
+    let window = record_seconds(&args.traffic)?;
+    let record_args = [
+        "record".to_string(),
+        "--duration".to_string(),
+        format!("{}s", window + 3),
+        "--policies".to_string(),
+        path_arg(policies),
+        "--store".to_string(),
+        path_arg(&store),
+        "--events".to_string(),
+        path_arg(&events),
+        "--http-visibility".to_string(),
+        "auto".to_string(),
+    ];
+    println!("$ cnpilot {} &", record_args.join(" "));
+    let recorder = Command::new(me)
+        .args(&record_args)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting cnpilot record")?;
+    let mut recorder = AgentProcess(recorder);
+    std::thread::sleep(Duration::from_secs(2));
+    run_checked(me, &["lab", "traffic", "--duration", &format!("{window}s")])?;
+    recorder.wait()?;
+    summarize_events(&events)?;
+
+    step("5. Learn: the flow table (identities resolved when each packet was seen)");
+    run_checked(me, &["learn", "--store", &path_arg(&store)])?;
+
+    step("6. Recommend: least privilege on top of the article's policies, proved by replay and probes");
+    run_checked(
+        me,
+        &[
+            "recommend",
+            "--store",
+            &path_arg(&store),
+            "--current",
+            &path_arg(policies),
+            "--out",
+            &path_arg(&proposed),
+        ],
+    )?;
+
+    step("7. Review: evidence, blast radius, what changes, risks");
+    let _ = run_shown(
+        me,
+        &[
+            "review",
+            "--proposed",
+            &path_arg(&proposed),
+            "--current",
+            &path_arg(policies),
+            "--store",
+            &path_arg(&store),
+        ],
+    );
+
+    step("8. Diff: what the proposal adds to the article's policies");
+    let _ = run_shown(
+        me,
+        &[
+            "diff",
+            "--current",
+            &path_arg(policies),
+            "--proposed",
+            &path_arg(&proposed),
+            "--color",
+            "never",
+        ],
+    );
+
+    step("9. Enforce payments with current + proposed (one map update); the article's four curls");
+    let enforced = work.join("enforced");
+    std::fs::create_dir_all(&enforced)?;
+    for dir in [policies, proposed.as_path()] {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                if let Some(name) = path.file_name() {
+                    std::fs::copy(&path, enforced.join(name))?;
+                }
+            }
+        }
+    }
     println!(
-        "$ cnpilot agent --mode audit --policies {} --events {} --store {} &",
-        policies.display(),
-        events.display(),
-        store.display()
+        "$ cnpilot agent --mode audit --policies {} --events {} &",
+        enforced.display(),
+        work.join("enforce-events.jsonl").display()
     );
     let agent = Command::new(me)
         .args(["agent", "--mode", "audit", "--policies"])
-        .arg(policies)
+        .arg(&enforced)
         .arg("--events")
-        .arg(&events)
-        .arg("--store")
-        .arg(&store)
+        .arg(work.join("enforce-events.jsonl"))
         .stdin(Stdio::null())
         .spawn()
         .context("starting the agent")?;
     let mut agent = AgentProcess(agent);
     std::thread::sleep(Duration::from_secs(2));
-
-    step("5. The workloads talk; audit mode drops nothing but records what policy would drop");
-    run_checked(me, &["lab", "traffic", "--duration", &args.traffic])?;
-    summarize_events(&events)?;
-
-    step("6. payments flips to enforce (one map update); the article's four curls");
     run_checked(me, &["mode", "-n", "payments", "enforce"])?;
+    let mut agreed = 0;
     for (pod, method, path, expect) in [
         ("web/frontend-app", "POST", "/api/v1/charges", "200"),
         ("web/frontend-app", "POST", "/api/v1/refunds", "403"),
@@ -138,18 +216,45 @@ fn run_lab_demo(me: &Path, policies: &Path, args: &DemoArgs) -> anyhow::Result<(
             .context("running curl in the lab")?;
         let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let mark = if code == expect { "ok " } else { "BAD" };
+        agreed += usize::from(code == expect);
         println!("  [{mark}] {pod:<24} {method:<4} {path:<18} -> {code} (article: {expect})");
     }
-
-    step("7. The agent stops (programs stay attached, enforcement holds); what it learned");
     agent.stop()?;
-    run_checked(me, &["learn", "--store", &path_arg(&store)])?;
+
+    step("Summary");
+    let report: serde_json::Value = std::fs::read_to_string(proposed.join(".cnpilot/report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
     println!(
-        "\n  events: {}\n  store:  {}",
-        events.display(),
-        store.display()
+        "  recorded {} flows; proposed {} policies in {}",
+        report["flows"],
+        report["policies"].as_array().map_or(0, Vec::len),
+        proposed.display()
     );
+    println!(
+        "  replay: {} of {} observed flows allowed, {} unexpected denials; probes: {} of {} never-seen flows denied",
+        report["replay"]["allowed_flows"],
+        report["replay"]["flows"],
+        report["replay"]["unexpected"],
+        report["probes"]["denied"],
+        report["probes"]["total"]
+    );
+    println!("  payments enforced: {agreed}/4 curls as the article says");
+    println!("  store: {}  events: {}", store.display(), events.display());
+    if agreed != 4 {
+        bail!("{} of the article's curls disagreed", 4 - agreed);
+    }
     Ok(())
+}
+
+/// The recording window from `--traffic` (`3s`, `10s`).
+fn record_seconds(text: &str) -> anyhow::Result<u64> {
+    text.trim_end_matches('s')
+        .parse::<u64>()
+        .ok()
+        .filter(|s| (1..=600).contains(s))
+        .with_context(|| format!("--traffic {text}: expected whole seconds such as 8s"))
 }
 
 /// The agent as a child: stopped with SIGTERM so it flushes its store, and
@@ -157,6 +262,15 @@ fn run_lab_demo(me: &Path, policies: &Path, args: &DemoArgs) -> anyhow::Result<(
 struct AgentProcess(std::process::Child);
 
 impl AgentProcess {
+    /// Waits for a process that ends by itself (`record`).
+    fn wait(&mut self) -> anyhow::Result<()> {
+        let status = self.0.wait().context("waiting for cnpilot record")?;
+        if !matches!(status.code(), Some(0) | Some(1)) {
+            bail!("cnpilot record ended with {status}");
+        }
+        Ok(())
+    }
+
     fn stop(&mut self) -> anyhow::Result<()> {
         let pid = libc::pid_t::try_from(self.0.id()).context("agent pid out of range")?;
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
