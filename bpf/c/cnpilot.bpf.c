@@ -107,6 +107,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cnp_events SEC(".maps");
 
+/* The L7 proxy's listening socket (index 0), for cnp_proxy_lookup. The
+ * agent puts its listener here; the kernel drops the entry when the
+ * socket closes (agent gone: lookups fall through as if unattached). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32); /* a socket fd on update */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cnp_proxy_socks SEC(".maps");
+
 struct packet {
 	__u32 saddr;
 	__u32 daddr;
@@ -210,7 +221,30 @@ static __always_inline __u32 proxy_mark_identity(__u32 mark)
 /* Hands a TCP packet to the L7 proxy in this (the node's) namespace: the
  * proxy's accepted socket for this very tuple if there is one, else its
  * listener on proxy_port; the mark routes it locally (ip rule + `local`
- * route, set up by the agent). 0 when assigned. */
+ * route, set up by the agent). 0 when handed over.
+ *
+ * TIME_WAIT (issue 18). The proxy terminates the client's connection in
+ * the node namespace with the pod's address as its local address, and for
+ * HTTP/1.0 and `Connection: close` it is the side that closes first, so the
+ * node namespace keeps a TIME_WAIT socket per proxied connection, for 60 s,
+ * under the client's very 4-tuple. A client that reuses a source port
+ * within that minute (short connections: after ~3,000 of them) sends a SYN
+ * whose tuple is that time-wait socket's. Assigning the *listener* to such
+ * a SYN loses it silently: the listener's request socket cannot be hashed
+ * next to a time-wait socket with the same tuple (inet_ehash_insert finds
+ * the duplicate and the SYN is dropped without a SYN-ACK), so the client
+ * retransmits into the same wall until it gives up. Cilium's
+ * assign_socket_tcp (bpf/lib/proxy.h) has the same shape and the same hole.
+ * The kernel knows how to reuse a time-wait tuple for a new SYN
+ * (tcp_timewait_state_process -> TCP_TW_SYN: the time-wait socket is
+ * retired and the SYN goes to the listener for the destination): so a
+ * segment of a time-wait tuple is not assigned at all, only marked for
+ * local delivery, and the stack's own time-wait handling runs. Its listener
+ * lookup is for the pod's address and port, which only the proxy serves
+ * here: cnp_proxy_lookup (sk_lookup, attached to the node namespace)
+ * answers it with the proxy's listener. Late segments of the old
+ * connection (a retransmitted FIN) get the time-wait socket's ACK, as they
+ * should, instead of a listener's RST. */
 static __always_inline int to_proxy(struct __sk_buff *skb, struct packet *p, __u16 proxy_port)
 {
 	struct bpf_sock_tuple t = {};
@@ -219,8 +253,14 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct packet *p, __u
 	t.ipv4.sport = bpf_htons(p->sport);
 	t.ipv4.dport = bpf_htons(p->dport);
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
-		/* A node-namespace listener on the pod's port is not the proxy. */
+	if (sk && sk->state == BPF_TCP_TIME_WAIT) {
+		bpf_sk_release(sk);
+		skb->mark = CNP_MARK_TO_PROXY;
+		return 0;
+	}
+	if (sk && sk->state == BPF_TCP_LISTEN) {
+		/* A node-namespace listener on the pod's port (or the proxy's,
+		 * found through cnp_proxy_lookup): the proxy's port decides. */
 		bpf_sk_release(sk);
 		sk = NULL;
 	}
@@ -525,4 +565,28 @@ SEC("classifier")
 int cnp_to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, CNP_DIR_INGRESS);
+}
+
+/* sk_lookup in the node namespace: a listener lookup for a local pod's
+ * address can only come from a segment the tc program marked for local
+ * delivery (pod addresses are not local addresses here), and the only
+ * listener for those is the proxy. The lookup this is for is the
+ * time-wait reuse above (tcp_v4_rcv, TCP_TW_SYN -> inet_lookup_listener);
+ * to_proxy's own bpf_skc_lookup_tcp reaches it too and gets the same
+ * listener it would have found on proxy_port. */
+SEC("sk_lookup")
+int cnp_proxy_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->family != 2 /* AF_INET */ || ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	struct ipcache_value *v = ipcache_lookup(ctx->local_ip4);
+	if (!v || !(v->flags & CNP_IPCACHE_F_LOCAL_ENDPOINT))
+		return SK_PASS;
+	__u32 key = 0;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&cnp_proxy_socks, &key);
+	if (!sk)
+		return SK_PASS;
+	bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return SK_PASS;
 }

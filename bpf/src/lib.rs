@@ -16,7 +16,8 @@ pub mod testing;
 pub use error::DatapathError;
 pub use events::EventReader;
 pub use loader::{
-    attached_interfaces, detach, detach_all, tcx_programs, unpin_all, Datapath, DEFAULT_PIN_DIR,
+    attached_interfaces, detach, detach_all, register_proxy_listener, tcx_programs, unpin_all,
+    Datapath, DEFAULT_PIN_DIR,
 };
 pub use maps::Mode;
 pub use tables::{IpcacheEntry, Tables};

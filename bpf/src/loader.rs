@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, SchedClassifier, SkLookup, TcAttachType};
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
 
 use crate::error::DatapathError;
@@ -21,6 +21,11 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cnpilot";
 pub const PROG_FROM_POD: &str = "cnp_from_pod";
 /// tc egress on the host-side veth: the pod's ingress.
 pub const PROG_TO_POD: &str = "cnp_to_pod";
+/// `sk_lookup` in the node namespace: listener lookups for a local pod's
+/// address (the time-wait reuse of a proxied tuple) find the L7 proxy.
+pub const PROG_PROXY_LOOKUP: &str = "cnp_proxy_lookup";
+/// The pinned link of [`PROG_PROXY_LOOKUP`], under `<pin>/links/`.
+const PROXY_LOOKUP_LINK: &str = "netns-sk_lookup";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -64,6 +69,12 @@ impl Datapath {
                     source,
                 })?;
         }
+        sk_lookup(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                program: PROG_PROXY_LOOKUP,
+                source,
+            })?;
         let tables = Tables::take(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
@@ -136,6 +147,35 @@ impl Datapath {
             })?;
             tracing::debug!(ifname, program, "attached");
         }
+        Ok(())
+    }
+
+    /// Attaches the `sk_lookup` program to the network namespace `netns`
+    /// (the node's, where the proxy listens), pinned as
+    /// `<pin>/links/netns-sk_lookup`. A link left by an earlier agent is
+    /// replaced after the new one is attached (both may run for a moment;
+    /// they answer alike).
+    pub fn attach_proxy_lookup(&mut self, netns: &Path) -> Result<(), DatapathError> {
+        let program = PROG_PROXY_LOOKUP;
+        let pin = self.pin_dir.join("links").join(PROXY_LOOKUP_LINK);
+        let ns = std::fs::File::open(netns).map_err(DatapathError::io("opening", netns))?;
+        let prog = sk_lookup(&mut self.ebpf)?;
+        let id = prog
+            .attach(&ns)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let fd_link = FdLink::from(link);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DatapathError::io("removing", &pin)(e)),
+        }
+        fd_link.pin(&pin).map_err(|e| DatapathError::Link {
+            path: pin.clone(),
+            detail: e.to_string(),
+        })?;
         Ok(())
     }
 
@@ -249,6 +289,21 @@ pub fn tcx_programs(
     })
 }
 
+/// Puts the L7 proxy's listening socket where `sk_lookup` finds it (the
+/// pinned `cnp_proxy_socks`). The kernel removes it when the socket closes.
+pub fn register_proxy_listener(
+    pin_dir: &Path,
+    listener: &impl std::os::fd::AsRawFd,
+) -> Result<(), DatapathError> {
+    let path = pin_dir.join(names::PROXY_SOCKS);
+    let data =
+        aya::maps::MapData::from_pin(&path).map_err(DatapathError::map(names::PROXY_SOCKS))?;
+    let mut map = aya::maps::SockMap::try_from(aya::maps::Map::SockMap(data))
+        .map_err(DatapathError::map(names::PROXY_SOCKS))?;
+    map.set(0, listener, 0)
+        .map_err(DatapathError::map(names::PROXY_SOCKS))
+}
+
 fn link_pin(pin_dir: &Path, ifname: &str, suffix: &str) -> PathBuf {
     pin_dir.join("links").join(format!("{ifname}-{suffix}"))
 }
@@ -257,6 +312,20 @@ fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Program {
+            program: name,
+            source,
+        })
+}
+
+fn sk_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup, DatapathError> {
+    let name = PROG_PROXY_LOOKUP;
     ebpf.program_mut(name)
         .ok_or(DatapathError::Missing {
             kind: "program",

@@ -22,8 +22,18 @@ pub mod names {
     pub const CONNTRACK: &str = "cnp_conntrack";
     pub const FLOWS: &str = "cnp_flows";
     pub const EVENTS: &str = "cnp_events";
-    pub const ALL: [&str; 8] = [
-        IPCACHE, ENDPOINTS, NS_MODE, SUBJECTS, POLICY, CONNTRACK, FLOWS, EVENTS,
+    /// The L7 proxy's listener, for the `sk_lookup` program.
+    pub const PROXY_SOCKS: &str = "cnp_proxy_socks";
+    pub const ALL: [&str; 9] = [
+        IPCACHE,
+        ENDPOINTS,
+        NS_MODE,
+        SUBJECTS,
+        POLICY,
+        CONNTRACK,
+        FLOWS,
+        EVENTS,
+        PROXY_SOCKS,
     ];
 }
 

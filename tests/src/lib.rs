@@ -202,6 +202,8 @@ pub struct SeedAgent<'a> {
     pub pin_dir: PathBuf,
     pub events: PathBuf,
     stderr: PathBuf,
+    /// `agent …` arguments other than the pin dir and event file.
+    args: Vec<std::ffi::OsString>,
 }
 
 impl<'a> SeedAgent<'a> {
@@ -223,40 +225,67 @@ impl<'a> SeedAgent<'a> {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/cnpilot-{}", lab.prefix));
         let events = out.join("events.jsonl");
         let stderr = out.join("agent.err");
-        let mut cmd = Command::new(cnpilot_bin());
-        cmd.arg("agent");
+        let mut args: Vec<std::ffi::OsString> = vec!["agent".into()];
         if let Some(dir) = policies {
-            cmd.arg("--policies").arg(dir);
+            args.push("--policies".into());
+            args.push(dir.into());
         }
-        let child = cmd
-            .args(["--mode", mode, "--pin-dir"])
-            .arg(&pin_dir)
-            .args(extra)
-            .arg("--events")
-            .arg(&events)
-            .env("CNPILOT_LAB_PREFIX", &lab.prefix)
-            .env("CNPILOT_LAB_DIR", lab.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("creating the agent's stderr file"))
-            .spawn()
-            .expect("starting cnpilot agent");
+        args.extend(["--mode".into(), mode.into()]);
+        args.extend(extra.iter().map(Into::into));
+        let child = Self::spawn(lab, &args, &pin_dir, &events, &stderr);
         let agent = SeedAgent {
             lab,
             child,
             pin_dir,
             events,
             stderr,
+            args,
         };
+        agent.wait_attached();
+        agent
+    }
+
+    fn spawn(
+        lab: &Lab,
+        args: &[std::ffi::OsString],
+        pin_dir: &Path,
+        events: &Path,
+        stderr: &Path,
+    ) -> std::process::Child {
+        Command::new(cnpilot_bin())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .arg("--events")
+            .arg(events)
+            .env("CNPILOT_LAB_PREFIX", &lab.prefix)
+            .env("CNPILOT_LAB_DIR", lab.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(stderr).expect("creating the agent's stderr file"))
+            .spawn()
+            .expect("starting cnpilot agent")
+    }
+
+    fn wait_attached(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !agent.stderr_text().contains("pods attached") {
+        while !self.stderr_text().contains("pods attached") {
             assert!(
                 Instant::now() < deadline,
                 "agent did not start:\n{}",
-                agent.stderr_text()
+                self.stderr_text()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        agent
+    }
+
+    /// SIGKILLs the agent (pins, links and modes stay) and starts a new one
+    /// on the same pins; returns once it has attached again. The event file
+    /// starts over.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.lab, &self.args, &self.pin_dir, &self.events, &self.stderr);
+        self.wait_attached();
     }
 
     pub fn stderr_text(&self) -> String {

@@ -172,6 +172,10 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             )?)
         }
     };
+    if http_events.is_some() {
+        dp.attach_proxy_lookup(&inv.node_netns)
+            .context("attaching the proxy's sk_lookup program to the node namespace")?;
+    }
     for pod in &inv.pods {
         dp.attach(Some(&inv.node_netns), &pod.host_veth)
             .with_context(|| {

@@ -70,6 +70,9 @@ struct Head {
     len: usize,
     body: usize,
     close: bool,
+    /// HTTP/1.0 with `Connection: keep-alive`: the answer must say it too,
+    /// or the client (`ab -k`) waits for a close that never comes.
+    keep_alive_10: bool,
     chunked: bool,
 }
 
@@ -101,8 +104,19 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, ()> {
         len,
         body,
         close,
+        keep_alive_10: req.version == Some(0) && !close,
         chunked,
     }))
+}
+
+/// What the answer says about the connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Persist {
+    Close,
+    /// HTTP/1.1's default: nothing to say.
+    Default,
+    /// HTTP/1.0 keep-alive.
+    KeepAlive,
 }
 
 async fn write_response(
@@ -110,15 +124,17 @@ async fn write_response(
     status: u16,
     body: &str,
     head_only: bool,
-    close: bool,
+    persist: Persist,
 ) -> std::io::Result<()> {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         reason(status),
         body.len()
     );
-    if close {
-        out.push_str("Connection: close\r\n");
+    match persist {
+        Persist::Close => out.push_str("Connection: close\r\n"),
+        Persist::KeepAlive => out.push_str("Connection: keep-alive\r\n"),
+        Persist::Default => {}
     }
     out.push_str("\r\n");
     if !head_only {
@@ -136,7 +152,7 @@ pub async fn serve_connection(mut stream: TcpStream, app: Arc<HttpApp>) -> std::
             match parse_head(&buf) {
                 Ok(Some(head)) => break head,
                 Ok(None) if buf.len() > MAX_HEAD => {
-                    return write_response(&mut stream, 431, "{}", false, true).await;
+                    return write_response(&mut stream, 431, "{}", false, Persist::Close).await;
                 }
                 Ok(None) => {}
                 Err(()) => {
@@ -145,7 +161,7 @@ pub async fn serve_connection(mut stream: TcpStream, app: Arc<HttpApp>) -> std::
                         400,
                         "{\"error\":\"bad request\"}",
                         false,
-                        true,
+                        Persist::Close,
                     )
                     .await
                 }
@@ -165,12 +181,12 @@ pub async fn serve_connection(mut stream: TcpStream, app: Arc<HttpApp>) -> std::
                 501,
                 "{\"error\":\"chunked bodies are not supported\"}",
                 false,
-                true,
+                Persist::Close,
             )
             .await;
         }
         if head.body > MAX_BODY {
-            return write_response(&mut stream, 413, "{}", false, true).await;
+            return write_response(&mut stream, 413, "{}", false, Persist::Close).await;
         }
         while buf.len() < head.len + head.body {
             let n = stream.read(&mut chunk).await?;
@@ -193,7 +209,13 @@ pub async fn serve_connection(mut stream: TcpStream, app: Arc<HttpApp>) -> std::
             status,
             &body,
             head.method == "HEAD",
-            head.close,
+            if head.close {
+                Persist::Close
+            } else if head.keep_alive_10 {
+                Persist::KeepAlive
+            } else {
+                Persist::Default
+            },
         )
         .await?;
         if head.close {
@@ -320,5 +342,22 @@ mod tests {
                 .unwrap(),
             200
         );
+        // HTTP/1.0 keep-alive (`ab -k`): said back, connection kept; plain
+        // HTTP/1.0: closed.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let ka = b"GET /api/v1/charges HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n";
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..2 {
+            s.write_all(ka).await.unwrap();
+            let n = s.read(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(text.contains("Connection: keep-alive\r\n"), "{text}");
+        }
+        s.write_all(b"GET /api/v1/charges HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.contains("Connection: close\r\n"), "{out}");
     }
 }

@@ -144,6 +144,10 @@ fn configure_sysctls(lab: &LabState, all_netns: &[String]) -> anyhow::Result<()>
                         netns::write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
                         if is_node {
                             netns::write_sysctl("net.ipv4.ip_forward", "1")?;
+                            // A node routes pods' traffic: a segment early demux matched to
+                            // a leftover TIME_WAIT socket of the L7 proxy would be dropped
+                            // on forwarding (see agent/l7.rs, disable_early_demux).
+                            netns::write_sysctl("net.ipv4.tcp_early_demux", "0")?;
                         }
                         Ok(())
                     })

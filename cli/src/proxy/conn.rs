@@ -143,6 +143,8 @@ where
 struct ResponseOutcome {
     status: u16,
     close: bool,
+    /// The response said `Connection: keep-alive`.
+    keep_alive_token: bool,
     upgraded: bool,
 }
 
@@ -179,6 +181,7 @@ async fn relay_response(
                 return Ok(ResponseOutcome {
                     status: head.status,
                     close: head.close,
+                    keep_alive_token: head.keep_alive_token,
                     upgraded: false,
                 });
             }
@@ -190,6 +193,7 @@ async fn relay_response(
             return Ok(ResponseOutcome {
                 status: 101,
                 close: false,
+                keep_alive_token: false,
                 upgraded: true,
             });
         }
@@ -202,6 +206,7 @@ async fn relay_response(
         return Ok(ResponseOutcome {
             status: head.status,
             close: head.close,
+            keep_alive_token: head.keep_alive_token,
             upgraded: false,
         });
     }
@@ -422,8 +427,12 @@ impl Connection {
                     return false;
                 }
                 // A response that came before the whole body leaves the
-                // request stream in an unknown place: close.
-                body_done && body_ok && !outcome.close && head.keep_alive
+                // request stream in an unknown place: close. An HTTP/1.0
+                // client keeps the connection only if the response says
+                // `keep-alive`; otherwise it waits for the close (`ab -k`
+                // hung here against an HTTP/1.1 server that said nothing).
+                let signalled = !head.http10 || outcome.keep_alive_token;
+                body_done && body_ok && !outcome.close && head.keep_alive && signalled
             }
             Err(started) => {
                 if !started {
@@ -450,6 +459,9 @@ impl Connection {
         let mut response = FORBIDDEN_HEAD.to_vec();
         if close {
             response.extend_from_slice(b"connection: close\r\n");
+        } else if head.http10 {
+            // HTTP/1.0 keep-alive: persistent only when the answer says so.
+            response.extend_from_slice(b"connection: keep-alive\r\n");
         }
         response.extend_from_slice(b"\r\n");
         response.extend_from_slice(FORBIDDEN_BODY);

@@ -33,6 +33,9 @@ pub struct RequestHead {
     pub headers: Vec<(String, String)>,
     pub framing: BodyFraming,
     pub keep_alive: bool,
+    /// An HTTP/1.0 request: its connection persists only if the response
+    /// says `Connection: keep-alive` (RFC 7230 appendix A.1.2).
+    pub http10: bool,
     /// Bytes of the head in the client's stream.
     pub head_len: usize,
     /// The head sent upstream: request line rebuilt with the normalized
@@ -189,6 +192,7 @@ pub fn parse_request_head(head: &[u8]) -> Result<RequestHead, Malformed> {
         headers,
         framing,
         keep_alive,
+        http10: version == 0,
         head_len: head.len(),
         forward_head,
     })
@@ -200,6 +204,8 @@ pub struct ResponseHead {
     pub framing: BodyFraming,
     /// The server will close (or the body is close-delimited).
     pub close: bool,
+    /// `Connection: keep-alive` is present (what an HTTP/1.0 client needs).
+    pub keep_alive_token: bool,
     pub head_len: usize,
 }
 
@@ -264,6 +270,7 @@ pub fn parse_response_head(
         status,
         framing,
         close,
+        keep_alive_token,
         head_len,
     }))
 }

@@ -34,3 +34,5 @@ pub mod normalize;
 pub mod policy;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_http10;

@@ -53,9 +53,11 @@ fn ip(netns: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
 }
 
 /// `ip rule fwmark TO_PROXY lookup T` + `local 0.0.0.0/0 dev lo table T`,
-/// in the node namespace only (never the host's). Idempotent.
+/// in the node namespace only (never the host's), and early demux off
+/// there ([`disable_early_demux`]). Idempotent.
 pub fn install_proxy_route(node_netns: &Path) -> anyhow::Result<()> {
     let ns = netns_name(node_netns)?;
+    disable_early_demux(&ns)?;
     let fwmark = format!("{:#x}/{:#x}", mark::TO_PROXY, mark::MAGIC_MASK);
     let table = mark::PROXY_ROUTE_TABLE.to_string();
     let rules = ip(&ns, &["rule", "show"])?;
@@ -83,6 +85,39 @@ pub fn install_proxy_route(node_netns: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(
         out.status.success(),
         "ip -n {ns} route replace local 0.0.0.0/0 dev lo table {table}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// `net.ipv4.tcp_early_demux=0` in the node namespace (issue 18). The proxy
+/// leaves a TIME_WAIT socket per connection it closed first, with the pod's
+/// address and the client's port as its tuple, for 60 s. Early demux looks
+/// every incoming TCP segment up in the established hash *before routing*,
+/// time-wait sockets included, and attaches the socket it finds; a segment
+/// that is then routed on to the pod (the agent is down, or the client's
+/// namespace is `off`, so nothing hands it to the proxy) carries a socket
+/// into ip_forward, which drops it. Measured on the seed lab after
+/// `agent --down` with ~1,500 of them left: `ab -c 1` to the same pod stalls
+/// at once with early demux on, 20,000/20,000 twice with it off. A routing
+/// node namespace loses nothing by it (its forwarded traffic never had a
+/// socket to find; its own few sockets take the normal lookup). The lab sets
+/// it at `lab up` too, so it holds before any agent ran and after one left.
+pub fn disable_early_demux(ns: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_early_demux=0",
+        ])
+        .output()
+        .with_context(|| format!("running sysctl in {ns}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip netns exec {ns} sysctl -w net.ipv4.tcp_early_demux=0: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
@@ -210,10 +245,13 @@ pub fn start_proxy(
     };
     let (events_tx, events_rx) = mpsc::channel(4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let pin_dir = pin_dir.to_path_buf();
     let _detached = spawn_in_netns(&ns, move || {
         let started = (|| -> anyhow::Result<(tokio::runtime::Runtime, std::net::TcpListener)> {
             let listener =
                 bind_transparent(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
+            // Where the sk_lookup program finds it (time-wait reuse).
+            cnpilot_bpf::register_proxy_listener(&pin_dir, &listener)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("cnpilot-l7")
