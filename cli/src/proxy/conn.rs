@@ -489,15 +489,21 @@ impl Connection {
 
     async fn unparseable(mut self, why: Malformed) {
         tracing::debug!(src = %self.info.src, reason = why.0, "unparseable request");
+        let rules = self.shared.policy.has_http_rules(
+            self.info.src_identity,
+            self.info.dst_identity,
+            self.info.dst.port(),
+        );
         match self.mode() {
-            L7Mode::Enforce => {
+            L7Mode::Enforce if rules => {
                 let _ = self.cw.write_all(BAD_REQUEST).await;
                 self.record(None, Some(400), L7Verdict::Unparseable, why.0.to_string());
                 self.linger().await;
             }
-            L7Mode::Audit => {
-                // Audit never breaks traffic: from here on the connection
-                // is opaque bytes; the server decides what they mean.
+            _ => {
+                // Audit never breaks traffic, nor does visibility without
+                // rules: from here on the connection is opaque bytes; the
+                // server decides what they mean.
                 self.record(None, None, L7Verdict::Unparseable, why.0.to_string());
                 if self.upstream.is_none() {
                     match connect_upstream(&self.info, self.shared.connect_timeout).await {

@@ -53,6 +53,13 @@ pub struct HeadScanner {
 impl HeadScanner {
     /// `Ok(Some(len))` when `buf` starts with a complete head of `len` bytes.
     pub fn find_end(&mut self, buf: &[u8]) -> Result<Option<usize>, Malformed> {
+        // A request starts with a method token: bytes that cannot begin one
+        // (a TLS hello, a DNS length prefix, any binary protocol) are known
+        // not to be HTTP at once, instead of after the head timeout, so a
+        // visibility port relays them without delay.
+        if !starts_like_a_method(buf) {
+            return Err(Malformed("not an HTTP request: the first bytes are not a method"));
+        }
         let mut i = self.scanned;
         while i < buf.len() {
             if buf[i] == b'\n' {
@@ -75,6 +82,21 @@ impl HeadScanner {
         }
         Ok(None)
     }
+}
+
+/// Whether `buf` (maybe a prefix of the request) can begin `METHOD SP`:
+/// RFC 9110 token characters up to the first space.
+fn starts_like_a_method(buf: &[u8]) -> bool {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b' ' {
+            return i > 0;
+        }
+        if !tchar(b) {
+            return false;
+        }
+    }
+    true
 }
 
 fn connection_tokens(value: &str) -> impl Iterator<Item = String> + '_ {
@@ -424,5 +446,24 @@ impl ChunkedScanner {
             i += 1;
         }
         Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod scanner_tests {
+    use super::*;
+
+    #[test]
+    fn binary_bytes_are_not_http_at_once() {
+        let mut s = HeadScanner::default();
+        // A DNS-over-TCP length prefix, a TLS ClientHello.
+        assert!(s.find_end(&[0x00, 0x39, 0x12, 0x34]).is_err());
+        assert!(HeadScanner::default().find_end(&[0x16, 0x03, 0x01]).is_err());
+        assert!(HeadScanner::default().find_end(b" GET / HTTP/1.1").is_err());
+        // A method arriving a byte at a time is still a method.
+        let mut s = HeadScanner::default();
+        assert_eq!(s.find_end(b"GE").unwrap(), None);
+        assert_eq!(s.find_end(b"GET /x HTTP/1.1\r\n").unwrap(), None);
+        assert_eq!(s.find_end(b"GET /x HTTP/1.1\r\n\r\n").unwrap(), Some(19));
     }
 }
