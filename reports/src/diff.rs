@@ -32,7 +32,7 @@ pub enum DiffError {
     Duplicate {
         file: String,
         line: usize,
-        key: ObjectKey,
+        key: Box<ObjectKey>,
         other: String,
     },
 }
@@ -164,8 +164,8 @@ pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, DiffError> {
 fn split(text: &str) -> Vec<(usize, String)> {
     let mut out = vec![(1, String::new())];
     for (i, line) in text.lines().enumerate() {
-        let marker = line.starts_with("---")
-            && line[3..].chars().next().is_none_or(char::is_whitespace);
+        let marker =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(char::is_whitespace);
         if marker || line.trim_end() == "..." {
             out.push((i + 2, String::new()));
             if marker && !line[3..].trim().is_empty() {
@@ -238,7 +238,9 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Document>, DiffErro
             return Err(DiffError::Yaml {
                 file: file.to_string(),
                 line: content_line,
-                message: "a document without `kind` and `metadata.name` cannot be matched to an object".into(),
+                message:
+                    "a document without `kind` and `metadata.name` cannot be matched to an object"
+                        .into(),
             });
         };
         let namespace = match kind.as_str() {
@@ -259,6 +261,27 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Document>, DiffErro
         });
     }
     Ok(docs)
+}
+
+/// The documents of an already loaded policy set (same canonical form as
+/// [`parse_documents`]).
+pub fn documents_of(set: &cnpilot_recommender::PolicySet) -> Vec<Document> {
+    set.policies
+        .iter()
+        .map(|p| {
+            let value = serde_json::to_value(&p.policy).unwrap_or(Value::Null);
+            Document {
+                key: ObjectKey {
+                    kind: p.policy.kind.as_str().to_string(),
+                    namespace: p.policy.scope_namespace().map(str::to_string),
+                    name: p.policy.metadata.name.clone(),
+                },
+                file: p.file.clone(),
+                line: p.line,
+                canonical: canonical_yaml(&value),
+            }
+        })
+        .collect()
 }
 
 /// A Cilium policy through the model and back: ports, protocols and other
@@ -311,7 +334,7 @@ pub fn diff(
                 return Err(DiffError::Duplicate {
                     file: d.file.clone(),
                     line: d.line,
-                    key: d.key.clone(),
+                    key: Box::new(d.key.clone()),
                     other: format!("{}:{}", prev.file, prev.line),
                 });
             }
@@ -384,7 +407,11 @@ pub fn render(report: &DiffReport, color: bool) -> String {
             Some(p) => format!("{label}: {} ({p})", o.key),
             None => format!("{label}: {} (absent)", o.key),
         };
-        let _ = writeln!(out, "{}", paint(BOLD, &format!("--- {}", side("current", &o.current))));
+        let _ = writeln!(
+            out,
+            "{}",
+            paint(BOLD, &format!("--- {}", side("current", &o.current)))
+        );
         let _ = writeln!(
             out,
             "{}",
@@ -507,14 +534,17 @@ spec:
         let bad = format!("{BASE}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [x\n");
         let err = parse_documents(&bad, "p.yaml").expect_err("bad yaml");
         let text = err.to_string();
-        assert!(text.starts_with("p.yaml:2"), "{text}");
+        assert!(text.starts_with("p.yaml:25:"), "{text}");
     }
 
     #[test]
     fn duplicate_objects_are_an_error_naming_both_places() {
         let two = format!("{BASE}---\n{BASE}");
         let err = diff(&docs(&two), &[], 3).expect_err("duplicate");
-        assert!(err.to_string().contains("(the other is at t.yaml:3)"), "{err}");
+        assert!(
+            err.to_string().contains("(the other is at t.yaml:3)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,3 +7,6 @@
 //!   risks) as terminal text, Markdown or one self-contained HTML file.
 
 pub mod diff;
+pub mod explain;
+pub mod fixture;
+pub mod review;
