@@ -114,7 +114,9 @@ fn seeds() -> Vec<String> {
             out.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
         }
     }
-    out.push(std::fs::read_to_string(format!("{ROOT}/recommender/seed-cases/article.yaml")).unwrap());
+    out.push(
+        std::fs::read_to_string(format!("{ROOT}/recommender/seed-cases/article.yaml")).unwrap(),
+    );
     out
 }
 

@@ -20,23 +20,79 @@ struct W {
     labels: &'static [(&'static str, &'static str)],
 }
 
-const FRONTEND: W = W { id: 3855, ns: "web", name: "frontend-app", labels: &[("app", "frontend-app")] };
-const ANALYTICS: W = W { id: 4000, ns: "data", name: "analytics-service", labels: &[("app", "analytics-service")] };
-const FINANCE: W = W { id: 4100, ns: "ops", name: "finance-tool", labels: &[("app", "finance-tool")] };
-const PAYMENTS: W = W { id: 5000, ns: "payments", name: "payments-api", labels: &[("app", "payments-api")] };
-const DNS: W = W { id: 600, ns: "kube-system", name: "kube-dns", labels: &[("k8s-app", "kube-dns")] };
-const A_APP: W = W { id: 700, ns: "tenant-a", name: "app", labels: &[("app", "app"), ("tier", "backend")] };
-const A_WORKER: W = W { id: 701, ns: "tenant-a", name: "worker", labels: &[("app", "worker")] };
-const B_APP: W = W { id: 800, ns: "tenant-b", name: "app", labels: &[("app", "app"), ("tier", "backend")] };
-const PROM: W = W { id: 900, ns: "monitoring", name: "prometheus", labels: &[("app", "prometheus")] };
+const FRONTEND: W = W {
+    id: 3855,
+    ns: "web",
+    name: "frontend-app",
+    labels: &[("app", "frontend-app")],
+};
+const ANALYTICS: W = W {
+    id: 4000,
+    ns: "data",
+    name: "analytics-service",
+    labels: &[("app", "analytics-service")],
+};
+const FINANCE: W = W {
+    id: 4100,
+    ns: "ops",
+    name: "finance-tool",
+    labels: &[("app", "finance-tool")],
+};
+const PAYMENTS: W = W {
+    id: 5000,
+    ns: "payments",
+    name: "payments-api",
+    labels: &[("app", "payments-api")],
+};
+const DNS: W = W {
+    id: 600,
+    ns: "kube-system",
+    name: "kube-dns",
+    labels: &[("k8s-app", "kube-dns")],
+};
+const A_APP: W = W {
+    id: 700,
+    ns: "tenant-a",
+    name: "app",
+    labels: &[("app", "app"), ("tier", "backend")],
+};
+const A_WORKER: W = W {
+    id: 701,
+    ns: "tenant-a",
+    name: "worker",
+    labels: &[("app", "worker")],
+};
+const B_APP: W = W {
+    id: 800,
+    ns: "tenant-b",
+    name: "app",
+    labels: &[("app", "app"), ("tier", "backend")],
+};
+const PROM: W = W {
+    id: 900,
+    ns: "monitoring",
+    name: "prometheus",
+    labels: &[("app", "prometheus")],
+};
 
 fn labels(w: &W) -> Labels {
-    let mut l: Labels = w.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut l: Labels = w
+        .labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     l.insert("io.kubernetes.pod.namespace", w.ns);
     l
 }
 
-fn row(src: &W, dst: &W, proto: u8, port: u16, http: Option<(&str, &[&str])>, n: u64) -> FlowSummary {
+fn row(
+    src: &W,
+    dst: &W,
+    proto: u8,
+    port: u16,
+    http: Option<(&str, &[&str])>,
+    n: u64,
+) -> FlowSummary {
     let (l7_protocol, l7_method, path_template, paths) = match http {
         Some((m, paths)) => (
             Some("http".to_string()),
@@ -87,13 +143,69 @@ fn to_world(src: &W, ip: &str, port: u16, n: u64) -> FlowSummary {
 fn seed_table() -> FlowTable {
     let mut rows = vec![
         row(&FRONTEND, &PAYMENTS, 6, 8080, None, 40),
-        row(&FRONTEND, &PAYMENTS, 6, 8080, Some(("GET", &["/api/v1/charges"])), 30),
-        row(&FRONTEND, &PAYMENTS, 6, 8080, Some(("POST", &["/api/v1/charges"])), 10),
-        row(&FRONTEND, &PAYMENTS, 6, 8080, Some(("POST", &["/api/v1/refunds"])), 2),
-        row(&FRONTEND, &PAYMENTS, 6, 8080, Some(("GET", &["/api/v1/charges/1", "/api/v1/charges/22", "/api/v1/charges/333"])), 9),
-        row(&ANALYTICS, &PAYMENTS, 6, 8080, Some(("GET", &["/api/v1/charges"])), 20),
-        row(&ANALYTICS, &PAYMENTS, 6, 8080, Some(("POST", &["/api/v1/charges"])), 2),
-        row(&FINANCE, &PAYMENTS, 6, 8080, Some(("POST", &["/api/v1/refunds"])), 10),
+        row(
+            &FRONTEND,
+            &PAYMENTS,
+            6,
+            8080,
+            Some(("GET", &["/api/v1/charges"])),
+            30,
+        ),
+        row(
+            &FRONTEND,
+            &PAYMENTS,
+            6,
+            8080,
+            Some(("POST", &["/api/v1/charges"])),
+            10,
+        ),
+        row(
+            &FRONTEND,
+            &PAYMENTS,
+            6,
+            8080,
+            Some(("POST", &["/api/v1/refunds"])),
+            2,
+        ),
+        row(
+            &FRONTEND,
+            &PAYMENTS,
+            6,
+            8080,
+            Some((
+                "GET",
+                &[
+                    "/api/v1/charges/1",
+                    "/api/v1/charges/22",
+                    "/api/v1/charges/333",
+                ],
+            )),
+            9,
+        ),
+        row(
+            &ANALYTICS,
+            &PAYMENTS,
+            6,
+            8080,
+            Some(("GET", &["/api/v1/charges"])),
+            20,
+        ),
+        row(
+            &ANALYTICS,
+            &PAYMENTS,
+            6,
+            8080,
+            Some(("POST", &["/api/v1/charges"])),
+            2,
+        ),
+        row(
+            &FINANCE,
+            &PAYMENTS,
+            6,
+            8080,
+            Some(("POST", &["/api/v1/refunds"])),
+            10,
+        ),
         row(&A_WORKER, &A_APP, 6, 8080, None, 50),
         row(&A_WORKER, &B_APP, 6, 8080, None, 4),
         row(&A_WORKER, &PROM, 6, 9090, None, 10),
@@ -103,8 +215,17 @@ fn seed_table() -> FlowTable {
     for w in [&FRONTEND, &ANALYTICS, &FINANCE, &A_WORKER, &PROM] {
         rows.push(row(w, &DNS, 17, 53, None, 5));
     }
-    rows.sort_by(|a, b| (a.src_identity, a.dst_identity, &a.l7_method).cmp(&(b.src_identity, b.dst_identity, &b.l7_method)));
-    FlowTable { rows, ..FlowTable::default() }
+    rows.sort_by(|a, b| {
+        (a.src_identity, a.dst_identity, &a.l7_method).cmp(&(
+            b.src_identity,
+            b.dst_identity,
+            &b.l7_method,
+        ))
+    });
+    FlowTable {
+        rows,
+        ..FlowTable::default()
+    }
 }
 
 fn article() -> PolicySet {
@@ -115,7 +236,13 @@ fn article() -> PolicySet {
 fn proposed_set(rec: &synth::Recommendation) -> PolicySet {
     let mut set = PolicySet::default();
     for p in &rec.policies {
-        set.extend(load_str(&emit::render(p).unwrap(), &format!("proposed/{}", p.file_name)).unwrap());
+        set.extend(
+            load_str(
+                &emit::render(p).unwrap(),
+                &format!("proposed/{}", p.file_name),
+            )
+            .unwrap(),
+        );
     }
     set
 }
@@ -133,7 +260,10 @@ fn greenfield_allows_everything_observed_and_nothing_else() {
     // One policy per workload that has a side to allow.
     let subjects: Vec<&str> = rec.policies.iter().map(|p| p.subject.as_str()).collect();
     assert_eq!(subjects.len(), 9, "{subjects:?}");
-    assert!(rec.policies.iter().all(|p| p.exact), "every selector is exact here");
+    assert!(
+        rec.policies.iter().all(|p| p.exact),
+        "every selector is exact here"
+    );
 
     let proposed = proposed_set(&rec);
     let universe = Universe::from_table(&table);
@@ -143,18 +273,33 @@ fn greenfield_allows_everything_observed_and_nothing_else() {
     assert_eq!(replayed.allowed_flows, table.rows.len());
     let probed = probes::probes(&table, &universe, &ev);
     assert!(probed.total > 100, "{} probes", probed.total);
-    assert!(probed.allowed_by_proposal.is_empty(), "{:#?}", probed.allowed_by_proposal);
+    assert!(
+        probed.allowed_by_proposal.is_empty(),
+        "{:#?}",
+        probed.allowed_by_proposal
+    );
     assert_eq!(probed.denied, probed.total);
 
     // The payments policy: per-client HTTP rules, the id template, DNS.
-    let payments = rec.policies.iter().find(|p| p.subject == "payments/payments-api").unwrap();
+    let payments = rec
+        .policies
+        .iter()
+        .find(|p| p.subject == "payments/payments-api")
+        .unwrap();
     let yaml = emit::render(payments).unwrap();
     assert!(yaml.contains("path: /api/v1/charges/[0-9]+"), "{yaml}");
     assert!(yaml.contains("198.19.50.10/32"), "{yaml}");
     assert!(!yaml.contains("pod-template-hash"));
-    let frontend = rec.policies.iter().find(|p| p.subject == "web/frontend-app").unwrap();
+    let frontend = rec
+        .policies
+        .iter()
+        .find(|p| p.subject == "web/frontend-app")
+        .unwrap();
     let fy = emit::render(frontend).unwrap();
-    assert!(fy.contains("matchPattern: '*'"), "DNS egress with its dns rule:\n{fy}");
+    assert!(
+        fy.contains("matchPattern: '*'"),
+        "DNS egress with its dns rule:\n{fy}"
+    );
     assert!(fy.contains("io.kubernetes.pod.namespace: payments"), "{fy}");
 }
 
@@ -164,7 +309,10 @@ fn generated_yaml_validates_and_is_byte_identical_across_runs() {
     let table = seed_table();
     for current in [PolicySet::default(), article()] {
         for l7 in [L7Mode::Paths, L7Mode::Methods, L7Mode::Off] {
-            let options = Options { l7, ..Options::default() };
+            let options = Options {
+                l7,
+                ..Options::default()
+            };
             let a = synth::recommend(&table, &current, &options);
             let b = synth::recommend(&table, &current, &options);
             assert!(!a.policies.is_empty());
@@ -172,9 +320,20 @@ fn generated_yaml_validates_and_is_byte_identical_across_runs() {
                 let text = emit::render(x).unwrap();
                 assert_eq!(text, emit::render(y).unwrap());
                 let instance: serde_json::Value = serde_yaml::from_str(&text).unwrap();
-                let errors: Vec<String> = cnp.iter_errors(&instance).map(|e| format!("{e} at {}", e.instance_path())).collect();
-                assert!(errors.is_empty(), "{}:\n{}\n{text}", x.file_name, errors.join("\n"));
-                assert_eq!(instance["metadata"]["labels"]["app.kubernetes.io/managed-by"], "cnpilot");
+                let errors: Vec<String> = cnp
+                    .iter_errors(&instance)
+                    .map(|e| format!("{e} at {}", e.instance_path()))
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{}:\n{}\n{text}",
+                    x.file_name,
+                    errors.join("\n")
+                );
+                assert_eq!(
+                    instance["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                    "cnpilot"
+                );
             }
         }
     }
@@ -192,14 +351,35 @@ fn brownfield_keeps_what_the_article_denies_and_fills_one_sided_rules() {
             .map(|e| e.disposition.clone())
     };
     // Cross-tenant: both sides default-deny today.
-    assert!(matches!(why("tenant-a/worker", "tenant-b/app", None), Some(Disposition::KeptDenied { .. })));
+    assert!(matches!(
+        why("tenant-a/worker", "tenant-b/app", None),
+        Some(Disposition::KeptDenied { .. })
+    ));
     // The article's two L7 denials stay denied.
-    assert!(matches!(why("web/frontend-app", "payments/payments-api", Some("POST /api/v1/refunds")), Some(Disposition::L7DeniedByCurrent { .. })));
-    assert!(matches!(why("data/analytics-service", "payments/payments-api", Some("POST /api/v1/charges")), Some(Disposition::L7DeniedByCurrent { .. })));
+    assert!(matches!(
+        why(
+            "web/frontend-app",
+            "payments/payments-api",
+            Some("POST /api/v1/refunds")
+        ),
+        Some(Disposition::L7DeniedByCurrent { .. })
+    ));
+    assert!(matches!(
+        why(
+            "data/analytics-service",
+            "payments/payments-api",
+            Some("POST /api/v1/charges")
+        ),
+        Some(Disposition::L7DeniedByCurrent { .. })
+    ));
 
     let proposed = proposed_set(&rec);
     // The missing side of tenant-a's egress to prometheus: its ingress.
-    let prom = rec.policies.iter().find(|p| p.subject == "monitoring/prometheus").unwrap();
+    let prom = rec
+        .policies
+        .iter()
+        .find(|p| p.subject == "monitoring/prometheus")
+        .unwrap();
     let py = emit::render(prom).unwrap();
     assert!(py.contains("io.kubernetes.pod.namespace: tenant-a"), "{py}");
     assert!(py.contains("'9090'"), "{py}");
@@ -209,10 +389,23 @@ fn brownfield_keeps_what_the_article_denies_and_fills_one_sided_rules() {
     let replayed = replay::replay(&table, &universe, &ev, &rec.excluded);
     assert_eq!(replayed.unexpected, 0, "{:#?}", replayed.denied);
     // Exactly the excluded flows are denied: DNS, prometheus and world work.
-    assert_eq!(replayed.denied.len(), rec.excluded.len(), "{:#?}", replayed.denied);
-    assert!(replayed.newly_denied.is_empty(), "{:?}", replayed.newly_denied);
+    assert_eq!(
+        replayed.denied.len(),
+        rec.excluded.len(),
+        "{:#?}",
+        replayed.denied
+    );
+    assert!(
+        replayed.newly_denied.is_empty(),
+        "{:?}",
+        replayed.newly_denied
+    );
     let probed = probes::probes(&table, &universe, &ev);
-    assert!(probed.allowed_by_proposal.is_empty(), "{:#?}", probed.allowed_by_proposal);
+    assert!(
+        probed.allowed_by_proposal.is_empty(),
+        "{:#?}",
+        probed.allowed_by_proposal
+    );
     // The tenant policies allow any port inside the namespace: those
     // probes pass because of current policy, and are reported as such.
     assert!(!probed.allowed_otherwise.is_empty());
@@ -221,10 +414,28 @@ fn brownfield_keeps_what_the_article_denies_and_fills_one_sided_rules() {
 #[test]
 fn min_count_and_namespace_filters_list_what_they_leave_out() {
     let table = seed_table();
-    let rec = synth::recommend(&table, &PolicySet::default(), &Options { min_count: 5, ..Options::default() });
-    let below: Vec<_> = rec.excluded.iter().filter(|e| matches!(e.disposition, Disposition::BelowMinCount { .. })).collect();
+    let rec = synth::recommend(
+        &table,
+        &PolicySet::default(),
+        &Options {
+            min_count: 5,
+            ..Options::default()
+        },
+    );
+    let below: Vec<_> = rec
+        .excluded
+        .iter()
+        .filter(|e| matches!(e.disposition, Disposition::BelowMinCount { .. }))
+        .collect();
     assert_eq!(below.len(), 3, "{below:?}"); // refunds x2, analytics POST x2, worker->tenant-b x4
-    let rec = synth::recommend(&table, &PolicySet::default(), &Options { namespaces: vec!["payments".into()], ..Options::default() });
+    let rec = synth::recommend(
+        &table,
+        &PolicySet::default(),
+        &Options {
+            namespaces: vec!["payments".into()],
+            ..Options::default()
+        },
+    );
     assert_eq!(rec.policies.len(), 1);
     assert_eq!(rec.policies[0].subject, "payments/payments-api");
 }
@@ -234,9 +445,32 @@ fn cidr_prefix_aggregates_world_addresses() {
     let mut table = seed_table();
     table.rows.push(to_world(&PAYMENTS, "198.19.50.11", 443, 3));
     let exact = synth::recommend(&table, &PolicySet::default(), &Options::default());
-    let y = emit::render(exact.policies.iter().find(|p| p.subject == "payments/payments-api").unwrap()).unwrap();
-    assert!(y.contains("198.19.50.10/31"), "both halves of the /31 were seen:\n{y}");
-    let wide = synth::recommend(&table, &PolicySet::default(), &Options { cidr_prefix: Some(24), ..Options::default() });
-    let y = emit::render(wide.policies.iter().find(|p| p.subject == "payments/payments-api").unwrap()).unwrap();
+    let y = emit::render(
+        exact
+            .policies
+            .iter()
+            .find(|p| p.subject == "payments/payments-api")
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        y.contains("198.19.50.10/31"),
+        "both halves of the /31 were seen:\n{y}"
+    );
+    let wide = synth::recommend(
+        &table,
+        &PolicySet::default(),
+        &Options {
+            cidr_prefix: Some(24),
+            ..Options::default()
+        },
+    );
+    let y = emit::render(
+        wide.policies
+            .iter()
+            .find(|p| p.subject == "payments/payments-api")
+            .unwrap(),
+    )
+    .unwrap();
     assert!(y.contains("198.19.50.0/24"), "{y}");
 }

@@ -284,7 +284,13 @@ impl<'a> SeedAgent<'a> {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.lab, &self.args, &self.pin_dir, &self.events, &self.stderr);
+        self.child = Self::spawn(
+            self.lab,
+            &self.args,
+            &self.pin_dir,
+            &self.events,
+            &self.stderr,
+        );
         self.wait_attached();
     }
 

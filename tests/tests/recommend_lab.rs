@@ -19,7 +19,14 @@ fn record(lab: &Lab, store: &Path, current: Option<&Path>, seconds: u32) {
     let mut cmd = Command::new(cnpilot_bin());
     cmd.args(["record", "--duration", &format!("{seconds}s"), "--store"])
         .arg(store)
-        .args(["--pin-dir", &pin, "--events", "/dev/null", "--mode", "audit"]);
+        .args([
+            "--pin-dir",
+            &pin,
+            "--events",
+            "/dev/null",
+            "--mode",
+            "audit",
+        ]);
     if let Some(dir) = current {
         cmd.arg("--policies").arg(dir);
     }
@@ -34,7 +41,9 @@ fn record(lab: &Lab, store: &Path, current: Option<&Path>, seconds: u32) {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let traffic = lab.cnpilot(&["lab", "traffic", "--duration", &format!("{}s", seconds - 5)]);
     assert!(traffic.status.success() || traffic.status.code() == Some(1));
-    let out = child.wait_with_output().expect("waiting for cnpilot record");
+    let out = child
+        .wait_with_output()
+        .expect("waiting for cnpilot record");
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("record: {err}");
     assert!(err.contains("L7 records"), "{err}");
@@ -59,7 +68,10 @@ fn traffic(lab: &Lab, seconds: u32) -> (u64, u64, Vec<String>) {
         let cols: Vec<&str> = line.split_whitespace().collect();
         // SOURCE TARGET REQUEST… SENT OK FAILED OUTCOMES…
         if let Some(i) = cols.iter().rposition(|c| c.parse::<u64>().is_ok()) {
-            if i >= 3 && cols[i].parse::<u64>().unwrap_or(0) > 0 && cols[i - 1].parse::<u64>().is_ok() {
+            if i >= 3
+                && cols[i].parse::<u64>().unwrap_or(0) > 0
+                && cols[i - 1].parse::<u64>().is_ok()
+            {
                 failed_rows.push(line.to_string());
             }
         }
@@ -69,13 +81,33 @@ fn traffic(lab: &Lab, seconds: u32) -> (u64, u64, Vec<String>) {
 
 fn curl(lab: &Lab, pod: &str, method: &str, url: &str) -> String {
     let out = lab.cnpilot(&[
-        "lab", "exec", pod, "--", "curl", "-s", "-m", "2", "-o", "/dev/null", "-X", method, "-w", "%{http_code}", url,
+        "lab",
+        "exec",
+        pod,
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        "-o",
+        "/dev/null",
+        "-X",
+        method,
+        "-w",
+        "%{http_code}",
+        url,
     ]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn recommend(lab: &Lab, store: &Path, current: Option<&Path>, out: &Path) -> serde_json::Value {
-    let mut args = vec!["recommend", "--store", store.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "recommend",
+        "--store",
+        store.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     if let Some(c) = current {
         args.extend(["--current", c.to_str().unwrap()]);
     }
@@ -100,34 +132,106 @@ fn greenfield_recommendation_enforced_on_real_packets() {
     }
     let lab = Lab::new();
     let work = tempfile::tempdir().unwrap();
-    assert!(lab.cnpilot(&["lab", "up", "--scenario", "seed"]).status.success());
+    assert!(lab
+        .cnpilot(&["lab", "up", "--scenario", "seed"])
+        .status
+        .success());
     let store = work.path().join("store");
     record(&lab, &store, None, 12);
     let proposed = work.path().join("proposed");
     let report = recommend(&lab, &store, None, &proposed);
     assert_eq!(report["replay"]["unexpected"], 0);
     assert!(report["probes"]["total"].as_u64().unwrap() > 100);
-    assert_eq!(report["probes"]["allowed_by_proposal"].as_array().unwrap().len(), 0);
-    let payments = std::fs::read_to_string(proposed.join("payments-cnpilot-payments-api.yaml")).unwrap();
-    assert!(payments.contains("path: /api/v1/refunds"), "visibility gave L7 rules:\n{payments}");
+    assert_eq!(
+        report["probes"]["allowed_by_proposal"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let payments =
+        std::fs::read_to_string(proposed.join("payments-cnpilot-payments-api.yaml")).unwrap();
+    assert!(
+        payments.contains("path: /api/v1/refunds"),
+        "visibility gave L7 rules:\n{payments}"
+    );
 
     let agent = Agent::start_with(&lab, work.path(), Some(&proposed), "enforce", &[]);
     let (sent, failed, rows) = traffic(&lab, 5);
     assert!(sent > 50, "{sent} requests");
-    assert_eq!(failed, 0, "scenario requests failed under the proposal:\n{}", rows.join("\n"));
+    assert_eq!(
+        failed,
+        0,
+        "scenario requests failed under the proposal:\n{}",
+        rows.join("\n")
+    );
     assert!(drops(&agent).is_empty(), "drops: {:#?}", drops(&agent));
 
     // Never seen: other paths and methods on an HTTP port (403 from the
     // proxy), other peers and ports (dropped: curl gives 000).
     let api = "http://payments-api.payments:8080";
-    assert_eq!(curl(&lab, "web/frontend-app", "GET", &format!("{api}/api/v1/charges")), "200");
-    assert_eq!(curl(&lab, "web/frontend-app", "DELETE", &format!("{api}/api/v1/charges")), "403");
-    assert_eq!(curl(&lab, "web/frontend-app", "GET", &format!("{api}/admin")), "403");
-    assert_eq!(curl(&lab, "ops/finance-tool", "GET", &format!("{api}/api/v1/charges")), "403");
-    assert_eq!(curl(&lab, "web/frontend-app", "GET", "http://app.tenant-a:8080/api/items"), "000");
-    assert_eq!(curl(&lab, "tenant-a/worker", "GET", "http://prometheus.monitoring:9091/"), "000");
-    assert_eq!(curl(&lab, "tenant-a/worker", "GET", "http://payments-api.payments:8080/api/v1/charges"), "000");
-    assert!(!drops(&agent).is_empty(), "the unseen peers were dropped by the datapath");
+    assert_eq!(
+        curl(
+            &lab,
+            "web/frontend-app",
+            "GET",
+            &format!("{api}/api/v1/charges")
+        ),
+        "200"
+    );
+    assert_eq!(
+        curl(
+            &lab,
+            "web/frontend-app",
+            "DELETE",
+            &format!("{api}/api/v1/charges")
+        ),
+        "403"
+    );
+    assert_eq!(
+        curl(&lab, "web/frontend-app", "GET", &format!("{api}/admin")),
+        "403"
+    );
+    assert_eq!(
+        curl(
+            &lab,
+            "ops/finance-tool",
+            "GET",
+            &format!("{api}/api/v1/charges")
+        ),
+        "403"
+    );
+    assert_eq!(
+        curl(
+            &lab,
+            "web/frontend-app",
+            "GET",
+            "http://app.tenant-a:8080/api/items"
+        ),
+        "000"
+    );
+    assert_eq!(
+        curl(
+            &lab,
+            "tenant-a/worker",
+            "GET",
+            "http://prometheus.monitoring:9091/"
+        ),
+        "000"
+    );
+    assert_eq!(
+        curl(
+            &lab,
+            "tenant-a/worker",
+            "GET",
+            "http://payments-api.payments:8080/api/v1/charges"
+        ),
+        "000"
+    );
+    assert!(
+        !drops(&agent).is_empty(),
+        "the unseen peers were dropped by the datapath"
+    );
     drop(agent);
 }
 
@@ -138,7 +242,10 @@ fn brownfield_recommendation_keeps_exactly_the_listed_denials() {
     }
     let lab = Lab::new();
     let work = tempfile::tempdir().unwrap();
-    assert!(lab.cnpilot(&["lab", "up", "--scenario", "seed"]).status.success());
+    assert!(lab
+        .cnpilot(&["lab", "up", "--scenario", "seed"])
+        .status
+        .success());
     let current = workspace_root().join("cli/policies/seed");
     let store = work.path().join("store");
     record(&lab, &store, Some(&current), 12);
@@ -152,7 +259,9 @@ fn brownfield_recommendation_keeps_exactly_the_listed_denials() {
     };
     assert!(listed("tenant-a/worker", "tenant-b/app"), "{excluded:#?}");
     assert!(listed("tenant-b/worker", "tenant-a/app"));
-    assert!(excluded.iter().any(|e| e["disposition"]["kind"] == "l7-denied-by-current"));
+    assert!(excluded
+        .iter()
+        .any(|e| e["disposition"]["kind"] == "l7-denied-by-current"));
 
     // Enforce the article's policies and the proposal together.
     let both = work.path().join("both");
@@ -175,16 +284,119 @@ fn brownfield_recommendation_keeps_exactly_the_listed_denials() {
             let dst_short = dst.split('/').next_back().unwrap_or("");
             row.starts_with(src) && row.contains(dst_short)
         });
-        assert!(kept, "a request failed that the recommendation did not list: {row}\n{excluded:#?}");
+        assert!(
+            kept,
+            "a request failed that the recommendation did not list: {row}\n{excluded:#?}"
+        );
     }
     assert!(!failing.is_empty(), "the kept denials still fail");
     // DNS works (curl resolves names), tenants reach prometheus, and the
     // article's four curls.
-    assert_eq!(curl(&lab, "tenant-a/worker", "POST", "http://prometheus.monitoring:9090/api/v1/write"), "200");
+    assert_eq!(
+        curl(
+            &lab,
+            "tenant-a/worker",
+            "POST",
+            "http://prometheus.monitoring:9090/api/v1/write"
+        ),
+        "200"
+    );
     let api = "http://payments-api.payments:8080/api/v1";
-    assert_eq!(curl(&lab, "web/frontend-app", "POST", &format!("{api}/charges")), "200");
-    assert_eq!(curl(&lab, "web/frontend-app", "POST", &format!("{api}/refunds")), "403");
-    assert_eq!(curl(&lab, "data/analytics-service", "GET", &format!("{api}/charges")), "200");
-    assert_eq!(curl(&lab, "data/analytics-service", "POST", &format!("{api}/charges")), "403");
+    assert_eq!(
+        curl(&lab, "web/frontend-app", "POST", &format!("{api}/charges")),
+        "200"
+    );
+    assert_eq!(
+        curl(&lab, "web/frontend-app", "POST", &format!("{api}/refunds")),
+        "403"
+    );
+    assert_eq!(
+        curl(
+            &lab,
+            "data/analytics-service",
+            "GET",
+            &format!("{api}/charges")
+        ),
+        "200"
+    );
+    assert_eq!(
+        curl(
+            &lab,
+            "data/analytics-service",
+            "POST",
+            &format!("{api}/charges")
+        ),
+        "403"
+    );
+    drop(agent);
+}
+
+#[test]
+fn own_scenario_with_per_id_paths_queries_udp_and_world_peers() {
+    if !privileged_tests_enabled("own_scenario_with_per_id_paths_queries_udp_and_world_peers") {
+        return;
+    }
+    let lab = Lab::new();
+    let work = tempfile::tempdir().unwrap();
+    let scenario = workspace_root().join("tests/scenarios/shop.yaml");
+    assert!(lab
+        .cnpilot(&["lab", "up", "--scenario", scenario.to_str().unwrap()])
+        .status
+        .success());
+    let store = work.path().join("store");
+    record(&lab, &store, None, 12);
+    let proposed = work.path().join("proposed");
+    let report = recommend(&lab, &store, None, &proposed);
+    assert_eq!(report["replay"]["unexpected"], 0);
+    let orders = std::fs::read_to_string(proposed.join("shop-cnpilot-orders.yaml")).unwrap();
+    // Three order ids seen: a template; two cart ids: each its own rule.
+    assert!(orders.contains("path: /orders/[0-9]+"), "{orders}");
+    assert!(
+        orders.contains("path: /carts/7") && orders.contains("path: /carts/8"),
+        "{orders}"
+    );
+    assert!(
+        orders.contains(r"path: /search(\?.*)?"),
+        "a query was seen:\n{orders}"
+    );
+    // web and orders share `tier`; the name label tells them apart.
+    assert!(
+        orders.contains("app.kubernetes.io/name: orders"),
+        "{orders}"
+    );
+
+    let agent = Agent::start_with(&lab, work.path(), Some(&proposed), "enforce", &[]);
+    let (sent, failed, rows) = traffic(&lab, 5);
+    assert!(sent > 50);
+    assert_eq!(failed, 0, "{}", rows.join("\n"));
+    let api = "http://orders.shop:8080";
+    assert_eq!(
+        curl(&lab, "shop/web", "GET", &format!("{api}/orders/4242")),
+        "200",
+        "the template"
+    );
+    assert_eq!(
+        curl(&lab, "shop/web", "GET", &format!("{api}/orders/abc")),
+        "403"
+    );
+    assert_eq!(
+        curl(&lab, "shop/web", "GET", &format!("{api}/carts/9")),
+        "403",
+        "two ids are not a template"
+    );
+    assert_eq!(
+        curl(&lab, "shop/web", "GET", &format!("{api}/search?q=boots")),
+        "200"
+    );
+    assert_eq!(
+        curl(&lab, "ops/reporter", "GET", &format!("{api}/orders/1002")),
+        "403",
+        "reporter saw one id only"
+    );
+    assert_eq!(
+        curl(&lab, "ops/reporter", "POST", &format!("{api}/orders")),
+        "403"
+    );
+    assert!(drops(&agent).is_empty(), "{:#?}", drops(&agent));
     drop(agent);
 }

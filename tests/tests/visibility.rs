@@ -33,7 +33,10 @@ fn visibility_records_http_and_never_breaks_anything() {
     }
     let lab = Lab::new();
     let work = tempfile::tempdir().unwrap();
-    assert!(lab.cnpilot(&["lab", "up", "--scenario", "seed"]).status.success());
+    assert!(lab
+        .cnpilot(&["lab", "up", "--scenario", "seed"])
+        .status
+        .success());
     let state = lab.state();
     let dns_ip = state["pods"]
         .as_array()
@@ -54,35 +57,91 @@ fn visibility_records_http_and_never_breaks_anything() {
     let node_netns = state["node"]["netns"].as_str().unwrap().to_string();
 
     // TCP/53 (DNS, not HTTP) on top of the declared HTTP ports.
-    let agent = Agent::start_with(&lab, work.path(), None, "enforce", &["--http-visibility", "auto,53"]);
+    let agent = Agent::start_with(
+        &lab,
+        work.path(),
+        None,
+        "enforce",
+        &["--http-visibility", "auto,53"],
+    );
     let out = lab.cnpilot(&[
-        "lab", "exec", "web/frontend-app", "--", "curl", "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}",
-        "-X", "POST", "http://payments-api.payments:8080/api/v1/refunds",
+        "lab",
+        "exec",
+        "web/frontend-app",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "3",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "http://payments-api.payments:8080/api/v1/refunds",
     ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "no policy: nothing is denied");
-    let ev = agent.wait_http("POST /api/v1/refunds recorded", |e| e["path"] == "/api/v1/refunds");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "no policy: nothing is denied"
+    );
+    let ev = agent.wait_http("POST /api/v1/refunds recorded", |e| {
+        e["path"] == "/api/v1/refunds"
+    });
     assert_eq!(ev["method"], "POST");
     assert_eq!(ev["status"], 200);
     assert_eq!(ev["src"]["name"], "web/frontend-app");
 
-    let out = lab.cnpilot(&["lab", "exec", "web/frontend-app", "--", "python3", "-c", DNS_OVER_TCP, &dns_ip]);
+    let out = lab.cnpilot(&[
+        "lab",
+        "exec",
+        "web/frontend-app",
+        "--",
+        "python3",
+        "-c",
+        DNS_OVER_TCP,
+        &dns_ip,
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("id=1234 rcode=0 answers="), "DNS over TCP through the proxy: {text:?}");
+    assert!(
+        text.contains("id=1234 rcode=0 answers="),
+        "DNS over TCP through the proxy: {text:?}"
+    );
     let unparsed = agent
         .http_events()
         .into_iter()
         .any(|e| e["dst"]["port"] == 53 || e["dst"]["name"] == "kube-system/kube-dns");
-    assert!(unparsed, "the proxy saw the TCP/53 connection (recorded as not HTTP)");
+    assert!(
+        unparsed,
+        "the proxy saw the TCP/53 connection (recorded as not HTTP)"
+    );
 
     // The node reaches a pod's visibility port directly: no client veth,
     // no proxy, and no bypass drop.
     let out = Command::new("ip")
-        .args(["netns", "exec", &node_netns, "curl", "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "netns",
+            "exec",
+            &node_netns,
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .arg(format!("http://{payments_ip}:8080/api/v1/charges"))
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
-    let dropped = agent.all_events().into_iter().filter(|e| e["verdict"] == "dropped").count();
+    let dropped = agent
+        .all_events()
+        .into_iter()
+        .filter(|e| e["verdict"] == "dropped")
+        .count();
     assert_eq!(dropped, 0, "{:#?}", agent.all_events());
     drop(agent);
 }

@@ -114,7 +114,12 @@ pub fn decide(
 }
 
 /// The sides that denied, as text.
-pub fn denial_reason(ev: &Evaluators, compiled: &CompiledPolicy, egress: &Side, ingress: &Side) -> String {
+pub fn denial_reason(
+    ev: &Evaluators,
+    compiled: &CompiledPolicy,
+    egress: &Side,
+    ingress: &Side,
+) -> String {
     let denied = |s: &Side| {
         matches!(
             s.outcome,

@@ -94,11 +94,20 @@ fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
         let dst = universe.destination(row);
         seen.insert((src.clone(), dst.clone(), row.proto, row.dst_port));
         if let PeerRef::Workload(id) = dst {
-            server_ports.entry(id).or_default().insert((row.proto, row.dst_port));
+            server_ports
+                .entry(id)
+                .or_default()
+                .insert((row.proto, row.dst_port));
         }
         if let Some((method, _)) = http_of(row) {
             for p in &row.paths {
-                seen_http.insert((src.clone(), dst.clone(), row.dst_port, method.into(), p.clone()));
+                seen_http.insert((
+                    src.clone(),
+                    dst.clone(),
+                    row.dst_port,
+                    method.into(),
+                    p.clone(),
+                ));
                 http_ports
                     .entry((src.clone(), dst.clone(), row.dst_port))
                     .or_default()
@@ -115,7 +124,12 @@ fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
                 continue;
             }
             for &(proto, port) in ports {
-                let key = (PeerRef::Workload(*src), PeerRef::Workload(*dst), proto, port);
+                let key = (
+                    PeerRef::Workload(*src),
+                    PeerRef::Workload(*dst),
+                    proto,
+                    port,
+                );
                 if !seen.contains(&key) {
                     out.push(Candidate {
                         kind: ProbeKind::OtherPeer,
@@ -129,7 +143,9 @@ fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
             }
             let from_world = (PeerRef::Entity("world"), PeerRef::Workload(*dst));
             for &(proto, port) in ports {
-                if !seen.contains(&(from_world.0.clone(), from_world.1.clone(), proto, port)) && *src == workloads[0] {
+                if !seen.contains(&(from_world.0.clone(), from_world.1.clone(), proto, port))
+                    && *src == workloads[0]
+                {
                     out.push(Candidate {
                         kind: ProbeKind::FromWorld,
                         src: from_world.0.clone(),
@@ -146,7 +162,10 @@ fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
     let mut pairs: BTreeMap<(PeerRef, PeerRef, u8), BTreeSet<u16>> = BTreeMap::new();
     for (s, d, proto, port) in &seen {
         if matches!(s, PeerRef::Workload(_)) {
-            pairs.entry((s.clone(), d.clone(), *proto)).or_default().insert(*port);
+            pairs
+                .entry((s.clone(), d.clone(), *proto))
+                .or_default()
+                .insert(*port);
         }
     }
     for ((src, dst, proto), ports) in &pairs {
@@ -182,7 +201,13 @@ fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
         for (method, path) in requests {
             for other in ["DELETE", "PUT", "PATCH"] {
                 if !methods.contains(other)
-                    && !seen_http.contains(&(src.clone(), dst.clone(), *port, other.into(), path.clone()))
+                    && !seen_http.contains(&(
+                        src.clone(),
+                        dst.clone(),
+                        *port,
+                        other.into(),
+                        path.clone(),
+                    ))
                 {
                     out.push(Candidate {
                         kind: ProbeKind::OtherMethod,
@@ -195,8 +220,18 @@ fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
                     break;
                 }
             }
-            for other_path in [format!("{path}/admin"), "/admin".to_string(), format!("{path}x")] {
-                if !seen_http.contains(&(src.clone(), dst.clone(), *port, method.clone(), other_path.clone())) {
+            for other_path in [
+                format!("{path}/admin"),
+                "/admin".to_string(),
+                format!("{path}x"),
+            ] {
+                if !seen_http.contains(&(
+                    src.clone(),
+                    dst.clone(),
+                    *port,
+                    method.clone(),
+                    other_path.clone(),
+                )) {
                     out.push(Candidate {
                         kind: ProbeKind::OtherPath,
                         src: src.clone(),
@@ -222,16 +257,22 @@ pub fn probes(table: &FlowTable, universe: &Universe, ev: &Evaluators) -> ProbeR
     let mut report = ProbeReport::default();
     for c in candidates(table, universe) {
         let requests: Vec<HttpRequest> = c.http.iter().cloned().collect();
-        let (verdict, egress, ingress) = decide(&ev.combined, &c.src, &c.dst, c.proto, c.port, &requests);
+        let (verdict, egress, ingress) =
+            decide(&ev.combined, &c.src, &c.dst, c.proto, c.port, &requests);
         report.total += 1;
         *report.by_kind.entry(c.kind).or_default() += 1;
         if verdict != Verdict::Allow {
             report.denied += 1;
             continue;
         }
-        let (_, cur_egress, cur_ingress) = decide(&ev.current, &c.src, &c.dst, c.proto, c.port, &requests);
-        let by_proposal = (ev.is_proposed(egress.rule) && explicitly_allowed(&egress) && !explicitly_allowed(&cur_egress))
-            || (ev.is_proposed(ingress.rule) && explicitly_allowed(&ingress) && !explicitly_allowed(&cur_ingress));
+        let (_, cur_egress, cur_ingress) =
+            decide(&ev.current, &c.src, &c.dst, c.proto, c.port, &requests);
+        let by_proposal = (ev.is_proposed(egress.rule)
+            && explicitly_allowed(&egress)
+            && !explicitly_allowed(&cur_egress))
+            || (ev.is_proposed(ingress.rule)
+                && explicitly_allowed(&ingress)
+                && !explicitly_allowed(&cur_ingress));
         let mut flow = format!(
             "{} -> {} {}/{}",
             universe.name_of(&c.src),

@@ -50,7 +50,12 @@ impl ReplayReport {
 
 /// Replay every row of `table`. `excluded` are the flows the
 /// recommendation chose not to allow (they count as expected denials).
-pub fn replay(table: &FlowTable, universe: &Universe, ev: &Evaluators, excluded: &[Exclusion]) -> ReplayReport {
+pub fn replay(
+    table: &FlowTable,
+    universe: &Universe,
+    ev: &Evaluators,
+    excluded: &[Exclusion],
+) -> ReplayReport {
     let mut report = ReplayReport::default();
     for row in &table.rows {
         let flow = FlowRef::of(row, universe);

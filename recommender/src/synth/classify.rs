@@ -36,7 +36,10 @@ impl Disposition {
                 format!("seen fewer than --min-count {min_count} times")
             }
             Disposition::KeptDenied { rules } => {
-                format!("denied on both sides by current policy ({})", rules.join("; "))
+                format!(
+                    "denied on both sides by current policy ({})",
+                    rules.join("; ")
+                )
             }
             Disposition::DeniedByRule { rule } => format!("explicit deny rule {rule}"),
             Disposition::L7DeniedByCurrent { rule } => {
@@ -80,7 +83,14 @@ pub(crate) fn classify(
     let requests = requests_of(row);
     let decide = |http| {
         let egress = if matches!(src, PeerRef::Workload(_)) {
-            current.check(Direction::Egress, src_id, dst_id, row.proto, row.dst_port, http)
+            current.check(
+                Direction::Egress,
+                src_id,
+                dst_id,
+                row.proto,
+                row.dst_port,
+                http,
+            )
         } else {
             Side {
                 outcome: Outcome::NotEnforced,
@@ -88,7 +98,14 @@ pub(crate) fn classify(
             }
         };
         let ingress = if matches!(dst, PeerRef::Workload(_)) {
-            current.check(Direction::Ingress, dst_id, src_id, row.proto, row.dst_port, http)
+            current.check(
+                Direction::Ingress,
+                dst_id,
+                src_id,
+                row.proto,
+                row.dst_port,
+                http,
+            )
         } else {
             Side {
                 outcome: Outcome::NotEnforced,

@@ -23,9 +23,8 @@ use super::selector;
 use super::universe::{PeerRef, Universe};
 use super::{proto_name, Dir, Options, PortEvidence, Sides};
 use crate::model::{
-    ApiVersion, CiliumPolicy, Cidr, DefaultDeny, DnsRule, EgressRule, Entity, IngressRule,
-    L7Rules, LabelSelector, ObjectMeta, PolicyKind, PortProtocol, PortRule, PortSpec, Protocol,
-    Rule,
+    ApiVersion, Cidr, CiliumPolicy, DefaultDeny, DnsRule, EgressRule, Entity, IngressRule, L7Rules,
+    LabelSelector, ObjectMeta, PolicyKind, PortProtocol, PortRule, PortSpec, Protocol, Rule,
 };
 
 /// The label every generated policy carries.
@@ -107,7 +106,9 @@ pub(crate) fn aggregate_cidrs(sides: &mut Sides, prefix: Option<u8>) {
         }
         let mut by_prefix: BTreeMap<Cidr, BTreeMap<(u8, u16), PortEvidence>> = BTreeMap::new();
         for peer in cidrs {
-            let Some(ports) = peers.remove(&peer) else { continue };
+            let Some(ports) = peers.remove(&peer) else {
+                continue;
+            };
             let PeerRef::Cidr(c) = peer else { continue };
             let target = match (prefix, c.as_v4()) {
                 (Some(len), Some((net, l))) if len < l => Cidr::v4(net.into(), len),
@@ -195,7 +196,11 @@ fn port_rules(
         }
         for g in &generated {
             let method = g.rule.method.as_ref().map_or("*", |m| m.source.as_str());
-            let path = g.rule.path.as_ref().map_or("(any path)", |p| p.source.as_str());
+            let path = g
+                .rule
+                .path
+                .as_ref()
+                .map_or("(any path)", |p| p.source.as_str());
             members.push((format!("{method} {path}"), g.members.clone()));
         }
         http.push(PortRule {
@@ -234,6 +239,9 @@ fn port_rules(
     (out, members)
 }
 
+/// What one peer was seen on: (protocol, port) → evidence.
+type Ports = BTreeMap<(u8, u16), PortEvidence>;
+
 /// Peers of one rule, by kind: Cilium does not combine endpoint, entity
 /// and CIDR peers in one rule.
 #[derive(Default)]
@@ -264,7 +272,7 @@ fn groups(
 ) -> Vec<Group> {
     let mut by_key: BTreeMap<(u8, String), Group> = BTreeMap::new();
     // Peers by name, so a rule lists them in an order a reader can scan.
-    let mut sorted: Vec<(&PeerRef, &BTreeMap<(u8, u16), PortEvidence>)> = peers.iter().collect();
+    let mut sorted: Vec<(&PeerRef, &Ports)> = peers.iter().collect();
     sorted.sort_by_cached_key(|(p, _)| (kind_order(p), universe.name_of(p)));
     for (peer, ports) in sorted {
         let (to_ports, http) = port_rules(peer, ports, dir, mode);

@@ -70,7 +70,10 @@ fn literal(path: &str) -> String {
 fn id_class(values: &BTreeSet<&str>) -> &'static str {
     if values.iter().all(|v| v.bytes().all(|b| b.is_ascii_digit())) {
         "[0-9]+"
-    } else if values.iter().all(|v| v.len() == 36 && v.matches('-').count() == 4) {
+    } else if values
+        .iter()
+        .all(|v| v.len() == 36 && v.matches('-').count() == 4)
+    {
         "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     } else {
         "[0-9a-fA-F]+"
@@ -82,10 +85,8 @@ fn template_regex(template: &str, members: &BTreeSet<String>) -> String {
     let mut out = Vec::with_capacity(segments.len());
     for (i, seg) in segments.iter().enumerate() {
         if *seg == ID {
-            let values: BTreeSet<&str> = members
-                .iter()
-                .filter_map(|m| m.split('/').nth(i))
-                .collect();
+            let values: BTreeSet<&str> =
+                members.iter().filter_map(|m| m.split('/').nth(i)).collect();
             out.push(id_class(&values).to_string());
         } else {
             out.push(literal(seg));
@@ -113,15 +114,22 @@ pub fn http_rules(requests: &Requests, mode: L7Mode) -> Vec<GeneratedHttp> {
             L7Mode::Off => {}
             L7Mode::Methods => out.push(GeneratedHttp {
                 rule: rule(method, None),
-                members: templates.values().flat_map(|m| m.paths.iter().cloned()).collect(),
+                members: templates
+                    .values()
+                    .flat_map(|m| m.paths.iter().cloned())
+                    .collect(),
             }),
             L7Mode::Paths => {
                 for (template, m) in templates {
                     let query = if m.with_query { QUERY_SUFFIX } else { "" };
-                    let collapsible = template.contains(ID) && m.paths.len() >= MIN_TEMPLATE_MEMBERS;
+                    let collapsible =
+                        template.contains(ID) && m.paths.len() >= MIN_TEMPLATE_MEMBERS;
                     if collapsible {
                         out.push(GeneratedHttp {
-                            rule: rule(method, Some(format!("{}{query}", template_regex(template, &m.paths)))),
+                            rule: rule(
+                                method,
+                                Some(format!("{}{query}", template_regex(template, &m.paths))),
+                            ),
                             members: m.paths.iter().cloned().collect(),
                         });
                     } else {
@@ -196,7 +204,10 @@ mod tests {
         );
         assert_eq!(three.len(), 1);
         let r = &three[0].rule;
-        assert_eq!(r.path.as_ref().map(|p| p.source.as_str()), Some("/orders/[0-9]+"));
+        assert_eq!(
+            r.path.as_ref().map(|p| p.source.as_str()),
+            Some("/orders/[0-9]+")
+        );
         assert!(http_matches(r, &req("GET", "/orders/4444")));
         assert!(!http_matches(r, &req("GET", "/orders/abc")));
         assert!(!http_matches(r, &req("GET", "/orders/1/items")));
@@ -204,7 +215,9 @@ mod tests {
 
         let two = http_rules(&seen("GET", &["/orders/1", "/orders/2"]), L7Mode::Paths);
         assert_eq!(two.len(), 2);
-        assert!(!two.iter().any(|g| http_matches(&g.rule, &req("GET", "/orders/3"))));
+        assert!(!two
+            .iter()
+            .any(|g| http_matches(&g.rule, &req("GET", "/orders/3"))));
     }
 
     #[test]
@@ -218,7 +231,13 @@ mod tests {
     #[test]
     fn a_query_seen_lets_the_rule_match_path_and_query() {
         let mut r = Requests::new();
-        observe(&mut r, "GET", "/search", &["/search".to_string()].into(), true);
+        observe(
+            &mut r,
+            "GET",
+            "/search",
+            &["/search".to_string()].into(),
+            true,
+        );
         let rules = http_rules(&r, L7Mode::Paths);
         assert!(http_matches(&rules[0].rule, &req("GET", "/search?q=a")));
         assert!(http_matches(&rules[0].rule, &req("GET", "/search")));

@@ -208,7 +208,8 @@ pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> R
     let universe = Universe::from_table(table);
     let compiled_current = CompiledPolicy::compile(current, &universe.identity_inputs(), None);
     let has_current = !current.policies.is_empty();
-    let in_scope = |ns: &str| options.namespaces.is_empty() || options.namespaces.iter().any(|n| n == ns);
+    let in_scope =
+        |ns: &str| options.namespaces.is_empty() || options.namespaces.iter().any(|n| n == ns);
 
     let mut sides: Sides = BTreeMap::new();
     let mut rec = Recommendation::default();

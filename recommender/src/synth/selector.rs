@@ -224,7 +224,10 @@ mod tests {
         let u = universe(&[a.clone(), b]);
         let c = choose(&a, &u);
         assert!(c.exact);
-        assert_eq!(c.selector.match_labels.keys().collect::<Vec<_>>(), ["track"]);
+        assert_eq!(
+            c.selector.match_labels.keys().collect::<Vec<_>>(),
+            ["track"]
+        );
     }
 
     #[test]
@@ -267,7 +270,7 @@ mod tests {
     #[test]
     fn cross_namespace_peers_carry_the_namespace_key() {
         let a = wl(300, "web", "front", &[("app", "front")]);
-        let u = universe(&[a.clone()]);
+        let u = universe(std::slice::from_ref(&a));
         assert!(!peer_selector(&a, &u, "web")
             .match_labels
             .contains_key(NAMESPACE_LABEL));
