@@ -382,7 +382,13 @@ mod tests {
 
     #[test]
     fn selector_labels_follow_ciliums_default_filter() {
-        for key in ["app", "app.kubernetes.io/name", "tier", "k8s-app", "team.example.com/owner"] {
+        for key in [
+            "app",
+            "app.kubernetes.io/name",
+            "tier",
+            "k8s-app",
+            "team.example.com/owner",
+        ] {
             assert!(is_selector_label(key), "{key}");
         }
         for key in [

@@ -9,7 +9,11 @@ use cnpilot_learner::synth::{SynthConfig, SynthFlows};
 use cnpilot_learner::{FlowRecord, FlowStore};
 
 fn shared(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hubble/")).join(name)
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/hubble/"
+    ))
+    .join(name)
 }
 
 #[test]

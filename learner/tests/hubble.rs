@@ -8,7 +8,11 @@ use cnpilot_learner::store::{self, FlowStore};
 use cnpilot_learner::{Direction, L7Protocol, Verdict};
 
 fn shared(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hubble/")).join(name)
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/hubble/"
+    ))
+    .join(name)
 }
 
 fn fixture(name: &str) -> PathBuf {

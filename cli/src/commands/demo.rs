@@ -150,6 +150,9 @@ fn run_lab_demo(me: &Path, policies: &Path, args: &DemoArgs) -> anyhow::Result<(
             "diff",
             "--current",
             &path_arg(policies),
+            // What applying the proposal changes: current + proposed.
+            "--proposed",
+            &path_arg(policies),
             "--proposed",
             &path_arg(&proposed),
             "--color",

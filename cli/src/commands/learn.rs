@@ -165,7 +165,14 @@ pub fn run_learn(args: LearnArgs) -> anyhow::Result<Outcome> {
             bar.set_position(done as u64);
         }
     };
-    let table = aggregate::learn_with_progress(&args.store, &LearnOptions { since_ns, until_ns: None }, &progress)?;
+    let table = aggregate::learn_with_progress(
+        &args.store,
+        &LearnOptions {
+            since_ns,
+            until_ns: None,
+        },
+        &progress,
+    )?;
     bar.finish_and_clear();
     for (path, reason) in &table.scan.skipped {
         eprintln!(

@@ -269,7 +269,11 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<Outcome> {
         Format::Json => println!("{json}"),
         Format::Text => print_summary(&report, &args.out),
     }
-    Ok(if ok { Outcome::Success } else { Outcome::Finding })
+    Ok(if ok {
+        Outcome::Success
+    } else {
+        Outcome::Finding
+    })
 }
 
 fn print_summary(r: &Report<'_>, out: &Path) {
@@ -316,7 +320,9 @@ fn print_summary(r: &Report<'_>, out: &Path) {
     let mut by_reason: BTreeMap<&'static str, Vec<&synth::Exclusion>> = BTreeMap::new();
     for e in r.excluded {
         let key = match &e.disposition {
-            synth::Disposition::KeptDenied { .. } => "kept denied (current policy denies both sides)",
+            synth::Disposition::KeptDenied { .. } => {
+                "kept denied (current policy denies both sides)"
+            }
             synth::Disposition::DeniedByRule { .. } => "denied by a current deny rule",
             synth::Disposition::L7DeniedByCurrent { .. } => "denied by current HTTP rules",
             synth::Disposition::BelowMinCount { .. } => "below --min-count (exceptions)",

@@ -58,7 +58,9 @@ impl HeadScanner {
         // not to be HTTP at once, instead of after the head timeout, so a
         // visibility port relays them without delay.
         if !starts_like_a_method(buf) {
-            return Err(Malformed("not an HTTP request: the first bytes are not a method"));
+            return Err(Malformed(
+                "not an HTTP request: the first bytes are not a method",
+            ));
         }
         let mut i = self.scanned;
         while i < buf.len() {
@@ -458,7 +460,9 @@ mod scanner_tests {
         let mut s = HeadScanner::default();
         // A DNS-over-TCP length prefix, a TLS ClientHello.
         assert!(s.find_end(&[0x00, 0x39, 0x12, 0x34]).is_err());
-        assert!(HeadScanner::default().find_end(&[0x16, 0x03, 0x01]).is_err());
+        assert!(HeadScanner::default()
+            .find_end(&[0x16, 0x03, 0x01])
+            .is_err());
         assert!(HeadScanner::default().find_end(b" GET / HTTP/1.1").is_err());
         // A method arriving a byte at a time is still a method.
         let mut s = HeadScanner::default();

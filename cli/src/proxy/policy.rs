@@ -79,7 +79,12 @@ pub trait L7Policy: Send + Sync + 'static {
     /// Whether HTTP rules apply to this connection at all. A connection
     /// that is here only for visibility (recorded, no L7 rule) must pass
     /// through untouched even when its bytes are not HTTP.
-    fn has_http_rules(&self, _src_identity: Identity, _dst_identity: Identity, _dport: u16) -> bool {
+    fn has_http_rules(
+        &self,
+        _src_identity: Identity,
+        _dst_identity: Identity,
+        _dport: u16,
+    ) -> bool {
         true
     }
 }

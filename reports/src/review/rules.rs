@@ -138,7 +138,7 @@ pub fn describe(
                 http.push(format!("{method} {path}"));
             }
             if rules.dns.is_some() {
-                http.push("DNS (names not checked)".into());
+                http.push("dns: any name (rules.dns matchPattern; names are not checked by the datapath yet)".into());
             }
         }
     }

@@ -223,7 +223,9 @@ pub fn render(r: &Review, color: bool) -> String {
                 rule.peers.join(" | ")
             );
             for h in &rule.http {
-                let _ = writeln!(out, "   {:<12}   http {h}", "");
+                // DNS entries name themselves; the others are HTTP rules.
+                let label = if h.starts_with("dns:") { "" } else { "http " };
+                let _ = writeln!(out, "   {:<12}   {label}{h}", "");
             }
             if let Some(e) = &rule.evidence {
                 let _ = writeln!(out, "   {:<12}   evidence: {e}", "");

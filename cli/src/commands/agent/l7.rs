@@ -160,7 +160,8 @@ impl L7Policy for CompiledL7 {
     fn has_http_rules(&self, src: Identity, dst: Identity, dport: u16) -> bool {
         let p = &self.0;
         let redirected = |side: cnpilot_recommender::Side| side.outcome == Outcome::L7Allowed;
-        (p.is_local_subject(dst) && redirected(p.check(Direction::Ingress, dst, src, TCP, dport, None)))
+        (p.is_local_subject(dst)
+            && redirected(p.check(Direction::Ingress, dst, src, TCP, dport, None)))
             || (p.is_local_subject(src)
                 && redirected(p.check(Direction::Egress, src, dst, TCP, dport, None)))
     }
