@@ -134,24 +134,26 @@ fn print_import_summary(summary: &ImportSummary, store: &std::path::Path) {
     }
 }
 
-pub fn run_learn(args: LearnArgs) -> anyhow::Result<Outcome> {
-    for dir in &args.store {
+/// `--since` / `--until`: RFC 3339, or a duration back from now.
+pub fn parse_time(flag: &str, text: Option<&str>) -> anyhow::Result<Option<i64>> {
+    let Some(text) = text else { return Ok(None) };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    aggregate::parse_since(text, now)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{flag} {e}"))
+}
+
+/// The flow table of some stores, with a progress bar when stderr is a
+/// terminal and the stores are big enough for the wait to be noticed.
+pub fn learn_table(stores: &[PathBuf], options: &LearnOptions) -> anyhow::Result<FlowTable> {
+    for dir in stores {
         if !dir.is_dir() {
             bail!("{}: no such flow store directory", dir.display());
         }
     }
-    let since_ns = match &args.since {
-        Some(text) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0);
-            Some(aggregate::parse_since(text, now).map_err(|e| anyhow::anyhow!("--since {e}"))?)
-        }
-        None => None,
-    };
-    // A bar only when stderr is a terminal and the store is big enough for
-    // the wait to be noticed (indicatif hides it otherwise).
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -165,14 +167,7 @@ pub fn run_learn(args: LearnArgs) -> anyhow::Result<Outcome> {
             bar.set_position(done as u64);
         }
     };
-    let table = aggregate::learn_with_progress(
-        &args.store,
-        &LearnOptions {
-            since_ns,
-            until_ns: None,
-        },
-        &progress,
-    )?;
+    let table = aggregate::learn_with_progress(stores, options, &progress)?;
     bar.finish_and_clear();
     for (path, reason) in &table.scan.skipped {
         eprintln!(
@@ -180,6 +175,15 @@ pub fn run_learn(args: LearnArgs) -> anyhow::Result<Outcome> {
             path.display()
         );
     }
+    Ok(table)
+}
+
+pub fn run_learn(args: LearnArgs) -> anyhow::Result<Outcome> {
+    let options = LearnOptions {
+        since_ns: parse_time("--since", args.since.as_deref())?,
+        until_ns: None,
+    };
+    let table = learn_table(&args.store, &options)?;
     match args.output {
         LearnFormat::Json => println!("{}", serde_json::to_string_pretty(&table.rows)?),
         LearnFormat::Parquet => {

@@ -68,8 +68,36 @@ impl Evaluators {
     }
 }
 
-/// Both sides of a flow in one compiled policy; an L7 flow's requests are
-/// each decided, the first denied one wins.
+/// The source's egress and the destination's ingress for one flow (one
+/// request of it for an HTTP flow); a side that is not a workload is not
+/// enforced here.
+pub fn sides(
+    compiled: &CompiledPolicy,
+    src: &PeerRef,
+    dst: &PeerRef,
+    proto: u8,
+    port: u16,
+    http: Option<&HttpRequest>,
+) -> (Side, Side) {
+    let s = peer_identity(src, compiled);
+    let d = peer_identity(dst, compiled);
+    let not_enforced = Side {
+        outcome: Outcome::NotEnforced,
+        rule: None,
+    };
+    let egress = match src {
+        PeerRef::Workload(_) => compiled.check(Direction::Egress, s, d, proto, port, http),
+        _ => not_enforced,
+    };
+    let ingress = match dst {
+        PeerRef::Workload(_) => compiled.check(Direction::Ingress, d, s, proto, port, http),
+        _ => not_enforced,
+    };
+    (egress, ingress)
+}
+
+/// Both sides of a flow in one compiled policy and the verdict; an L7
+/// flow's requests are each decided, the first denied one wins.
 pub fn decide(
     compiled: &CompiledPolicy,
     src: &PeerRef,
@@ -78,25 +106,8 @@ pub fn decide(
     port: u16,
     requests: &[HttpRequest],
 ) -> (Verdict, Side, Side) {
-    let s = peer_identity(src, compiled);
-    let d = peer_identity(dst, compiled);
     let one = |http: Option<&HttpRequest>| {
-        let egress = if matches!(src, PeerRef::Workload(_)) {
-            compiled.check(Direction::Egress, s, d, proto, port, http)
-        } else {
-            Side {
-                outcome: Outcome::NotEnforced,
-                rule: None,
-            }
-        };
-        let ingress = if matches!(dst, PeerRef::Workload(_)) {
-            compiled.check(Direction::Ingress, d, s, proto, port, http)
-        } else {
-            Side {
-                outcome: Outcome::NotEnforced,
-                rule: None,
-            }
-        };
+        let (egress, ingress) = sides(compiled, src, dst, proto, port, http);
         (combine(egress.outcome, ingress.outcome), egress, ingress)
     };
     if requests.is_empty() {

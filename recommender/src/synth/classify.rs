@@ -1,11 +1,10 @@
 //! What current policy already does with an observed flow, and so which
 //! sides of it a proposal must allow (or why it must not).
 
-use cnpilot_bpf::maps::Direction;
 use cnpilot_learner::aggregate::FlowSummary;
 use serde::Serialize;
 
-use super::universe::{peer_identity, PeerRef};
+use super::universe::PeerRef;
 use super::{requests_of, Dir, FlowRef, Options};
 use crate::compile::{CompiledPolicy, Outcome, Side};
 
@@ -78,42 +77,8 @@ pub(crate) fn classify(
     has_current: bool,
     options: &Options,
 ) -> Result<Vec<Dir>, Disposition> {
-    let src_id = peer_identity(src, current);
-    let dst_id = peer_identity(dst, current);
     let requests = requests_of(row);
-    let decide = |http| {
-        let egress = if matches!(src, PeerRef::Workload(_)) {
-            current.check(
-                Direction::Egress,
-                src_id,
-                dst_id,
-                row.proto,
-                row.dst_port,
-                http,
-            )
-        } else {
-            Side {
-                outcome: Outcome::NotEnforced,
-                rule: None,
-            }
-        };
-        let ingress = if matches!(dst, PeerRef::Workload(_)) {
-            current.check(
-                Direction::Ingress,
-                dst_id,
-                src_id,
-                row.proto,
-                row.dst_port,
-                http,
-            )
-        } else {
-            Side {
-                outcome: Outcome::NotEnforced,
-                rule: None,
-            }
-        };
-        (egress, ingress)
-    };
+    let decide = |http| crate::proof::sides(current, src, dst, row.proto, row.dst_port, http);
     let decisions: Vec<(Side, Side)> = if requests.is_empty() {
         vec![decide(None)]
     } else {
