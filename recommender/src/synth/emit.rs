@@ -268,6 +268,7 @@ fn groups(
     dir: Dir,
     policy_namespace: &str,
     universe: &Universe,
+    chosen: &BTreeMap<u32, selector::Chosen>,
     mode: L7Mode,
 ) -> Vec<Group> {
     let mut by_key: BTreeMap<(u8, String), Group> = BTreeMap::new();
@@ -297,9 +298,9 @@ fn groups(
         }
         match peer {
             PeerRef::Workload(id) => {
-                if let Some(w) = universe.workloads.get(id) {
+                if let (Some(w), Some(c)) = (universe.workloads.get(id), chosen.get(id)) {
                     g.endpoints
-                        .push(selector::peer_selector(w, universe, policy_namespace));
+                        .push(selector::peer_selector(w, c, policy_namespace));
                 }
             }
             PeerRef::Entity(name) => {
@@ -380,12 +381,15 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
         }
     }
     let empty = BTreeMap::new();
+    let selectors = selector::choose_all(universe);
     let mut out = Vec::new();
     for id in subjects {
         let Some(w) = universe.workloads.get(&id) else {
             continue;
         };
-        let chosen = selector::choose(w, universe);
+        let Some(chosen) = selectors.get(&id).cloned() else {
+            continue;
+        };
         let mut evidence = Vec::new();
         let mut ingress = Vec::new();
         for g in groups(
@@ -393,6 +397,7 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
             Dir::Ingress,
             &w.namespace,
             universe,
+            &selectors,
             options.l7,
         ) {
             evidence.push(rule_evidence(
@@ -414,6 +419,7 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
             Dir::Egress,
             &w.namespace,
             universe,
+            &selectors,
             options.l7,
         ) {
             evidence.push(rule_evidence(

@@ -156,11 +156,21 @@ pub fn choose(w: &Workload, universe: &Universe) -> Chosen {
     }
 }
 
+/// Every workload's selector, chosen once (a workload is the subject of
+/// one policy and a peer in many).
+pub fn choose_all(universe: &Universe) -> BTreeMap<u32, Chosen> {
+    universe
+        .workloads
+        .values()
+        .map(|w| (w.identity, choose(w, universe)))
+        .collect()
+}
+
 /// `w` as a peer of a policy in `policy_namespace`: its own selector, plus
 /// the namespace label when it lives elsewhere (a CNP's peer selector
 /// without one is scoped to the policy's namespace).
-pub fn peer_selector(w: &Workload, universe: &Universe, policy_namespace: &str) -> LabelSelector {
-    let mut sel = choose(w, universe).selector;
+pub fn peer_selector(w: &Workload, chosen: &Chosen, policy_namespace: &str) -> LabelSelector {
+    let mut sel = chosen.selector.clone();
     if w.namespace != policy_namespace {
         sel.match_labels
             .insert(NAMESPACE_LABEL.to_string(), w.namespace.clone());
@@ -271,11 +281,12 @@ mod tests {
     fn cross_namespace_peers_carry_the_namespace_key() {
         let a = wl(300, "web", "front", &[("app", "front")]);
         let u = universe(std::slice::from_ref(&a));
-        assert!(!peer_selector(&a, &u, "web")
+        let c = choose(&a, &u);
+        assert!(!peer_selector(&a, &c, "web")
             .match_labels
             .contains_key(NAMESPACE_LABEL));
         assert_eq!(
-            peer_selector(&a, &u, "payments").match_labels[NAMESPACE_LABEL],
+            peer_selector(&a, &c, "payments").match_labels[NAMESPACE_LABEL],
             "web"
         );
     }
