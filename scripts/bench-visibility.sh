@@ -49,7 +49,7 @@ start_agent() {
 }
 stop_agent() {
   kill "$AGENT"; wait "$AGENT" 2>/dev/null || true; AGENT=
-  "$B" agent --down --pin-dir "$PIN" >/dev/null
+  "$B" agent --down --pin-dir "$PIN" >/dev/null 2>&1
 }
 
 echo "== $N requests per row, -c 8, $B"
