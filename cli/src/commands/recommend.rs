@@ -152,13 +152,16 @@ pub fn recommend_to_dir(
     options: &Options,
     out: &Path,
 ) -> anyhow::Result<(Recommendation, PolicySet)> {
+    let started = std::time::Instant::now();
     let rec = synth::recommend(table, current, options);
+    tracing::info!(elapsed = ?started.elapsed(), "synthesized");
     prepare_out(out)?;
     for p in &rec.policies {
         let text = emit::render(p).context("rendering a proposed policy")?;
         let path = out.join(&p.file_name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    tracing::info!(elapsed = ?started.elapsed(), "written");
     // The proofs run on the files as written, not on the in-memory copy.
     let proposed = if rec.policies.is_empty() {
         PolicySet::default()
@@ -182,7 +185,9 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<Outcome> {
     for w in &current.warnings {
         eprintln!("cnpilot: warning: {w}");
     }
+    let started = std::time::Instant::now();
     let table = learn_table(&args.store, &options)?;
+    tracing::info!(elapsed = ?started.elapsed(), rows = table.rows.len(), "learned");
     if table.rows.is_empty() {
         bail!(
             "no flows in {} (record some first: `cnpilot record --duration 1m --store DIR`)",
@@ -201,10 +206,14 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<Outcome> {
         allow_denied: args.allow_denied,
     };
     let (rec, proposed) = recommend_to_dir(&table, &current, &synth_options, &args.out)?;
+    tracing::info!(elapsed = ?started.elapsed(), policies = rec.policies.len(), "written and loaded back");
     let universe = Universe::from_table(&table);
     let ev = Evaluators::new(&universe, &current, &proposed);
+    tracing::info!(elapsed = ?started.elapsed(), "compiled current and current + proposed");
     let replayed = replay::replay(&table, &universe, &ev, &rec.excluded);
+    tracing::info!(elapsed = ?started.elapsed(), "replayed");
     let probed = probes::probes(&table, &universe, &ev);
+    tracing::info!(elapsed = ?started.elapsed(), probes = probed.total, "probed");
     let ok = replayed.unexpected == 0 && probed.allowed_by_proposal.is_empty();
     let report = Report {
         stores: args.store.iter().map(|p| p.display().to_string()).collect(),

@@ -58,23 +58,43 @@ fn selector_of(w: &Workload, keys: &[&String]) -> LabelSelector {
     }
 }
 
-fn matches_in_namespace<'a>(
-    universe: &'a Universe,
-    namespace: &str,
-    sel: &LabelSelector,
-) -> Vec<&'a Workload> {
-    let scoped = Selector::subject(sel, Some(namespace));
-    universe
-        .in_namespace(namespace)
-        .into_iter()
-        .filter(|o| {
-            let labels: BTreeMap<String, String> = o
+/// Every workload of each namespace with its labels in matching form,
+/// built once: a selector search tries many candidates against them.
+pub struct Neighbours<'a> {
+    by_namespace: BTreeMap<&'a str, Vec<(&'a Workload, LabelSet)>>,
+}
+
+impl<'a> Neighbours<'a> {
+    pub fn new(universe: &'a Universe) -> Neighbours<'a> {
+        let mut by_namespace: BTreeMap<&'a str, Vec<(&'a Workload, LabelSet)>> = BTreeMap::new();
+        for w in universe.workloads.values() {
+            let labels: BTreeMap<String, String> = w
                 .labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            scoped.matches(&LabelSet::for_pod(&o.namespace, &labels))
-        })
+            by_namespace
+                .entry(w.namespace.as_str())
+                .or_default()
+                .push((w, LabelSet::for_pod(&w.namespace, &labels)));
+        }
+        Neighbours { by_namespace }
+    }
+}
+
+fn matches_in_namespace<'a>(
+    neighbours: &Neighbours<'a>,
+    namespace: &str,
+    sel: &LabelSelector,
+) -> Vec<&'a Workload> {
+    let scoped = Selector::subject(sel, Some(namespace));
+    neighbours
+        .by_namespace
+        .get(namespace)
+        .into_iter()
+        .flatten()
+        .filter(|(_, labels)| scoped.matches(labels))
+        .map(|(w, _)| *w)
         .collect()
 }
 
@@ -107,6 +127,11 @@ fn subsets<'a>(keys: &'a [String], k: usize, out: &mut Vec<Vec<&'a String>>) {
 /// other workloads' extra keys make it exact; a workload with no selector
 /// labels at all gets `{}` (its whole namespace), flagged as not exact.
 pub fn choose(w: &Workload, universe: &Universe) -> Chosen {
+    choose_among(w, &Neighbours::new(universe))
+}
+
+/// [`choose`] against neighbours built once.
+pub fn choose_among(w: &Workload, universe: &Neighbours<'_>) -> Chosen {
     let keys = candidate_keys(w);
     // At most 4 labels are tried in combination: beyond that the search
     // is exponential and a selector that long reads worse than the
@@ -159,10 +184,11 @@ pub fn choose(w: &Workload, universe: &Universe) -> Chosen {
 /// Every workload's selector, chosen once (a workload is the subject of
 /// one policy and a peer in many).
 pub fn choose_all(universe: &Universe) -> BTreeMap<u32, Chosen> {
+    let neighbours = Neighbours::new(universe);
     universe
         .workloads
         .values()
-        .map(|w| (w.identity, choose(w, universe)))
+        .map(|w| (w.identity, choose_among(w, &neighbours)))
         .collect()
 }
 
