@@ -193,19 +193,7 @@ pub fn resolve(universe: &Universe, e: &Endpoint) -> Result<PeerRef, ExplainErro
     }
 }
 
-fn proto_name(proto: u8) -> &'static str {
-    cnpilot_recommender::synth::proto_name(proto)
-}
-
-/// The annotation key of a rule path: `spec.ingress[0]` → `cnpilot.io/evidence.ingress.0`.
-pub fn evidence_key(path: &str) -> String {
-    format!(
-        "cnpilot.io/evidence.{}",
-        path.trim_start_matches("spec.")
-            .replace(['[', ']'], ".")
-            .trim_end_matches('.')
-    )
-}
+pub use cnpilot_recommender::synth::emit::evidence_key;
 
 fn annotations_for(policies: &PolicySet, rule: &RuleRef) -> BTreeMap<String, String> {
     let Some(p) = policies.policies.iter().find(|p| {
@@ -302,7 +290,7 @@ pub fn explain(
     let (src_name, dst_name) = (universe.name_of(&src), universe.name_of(&dst));
     let mut flow = format!(
         "{src_name} -> {dst_name} {}/{}",
-        proto_name(query.proto),
+        cnpilot_recommender::synth::proto_name(query.proto),
         query.port
     );
     if let Some(h) = &query.http {

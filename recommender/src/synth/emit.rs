@@ -476,13 +476,7 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
             chosen.blast_radius.join(", "),
         );
         for e in &evidence {
-            let key = format!(
-                "{ANNOTATION_PREFIX}evidence.{}",
-                e.path
-                    .trim_start_matches("spec.")
-                    .replace(['[', ']'], ".")
-                    .trim_end_matches('.')
-            );
+            let key = evidence_key(&e.path);
             let text = if e.default_deny_only {
                 "nothing observed in this direction: default deny only".to_string()
             } else {
@@ -525,6 +519,17 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
     }
     out.sort_by(|a, b| a.file_name.cmp(&b.file_name));
     out
+}
+
+/// The annotation key of a rule path: `spec.ingress[0]` →
+/// `cnpilot.io/evidence.ingress.0` (what `review` and `explain` read).
+pub fn evidence_key(path: &str) -> String {
+    format!(
+        "{ANNOTATION_PREFIX}evidence.{}",
+        path.trim_start_matches("spec.")
+            .replace(['[', ']'], ".")
+            .trim_end_matches('.')
+    )
 }
 
 /// The YAML file of a proposed policy: a header, then the document.

@@ -14,9 +14,10 @@ pub mod l7;
 pub mod selector;
 pub mod universe;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use cnpilot_learner::aggregate::{FlowSummary, FlowTable};
+pub use cnpilot_learner::record::proto_name;
 use serde::Serialize;
 
 pub use classify::{Disposition, Exclusion};
@@ -66,17 +67,6 @@ pub struct Recommendation {
     /// Flows whose needed sides current policy already allows.
     pub already_allowed: usize,
     pub warnings: Vec<String>,
-}
-
-pub fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        6 => "TCP",
-        17 => "UDP",
-        132 => "SCTP",
-        1 => "ICMP",
-        58 => "ICMPv6",
-        _ => "ANY",
-    }
 }
 
 impl FlowRef {
@@ -290,9 +280,4 @@ pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> R
     rec.policies = emit::policies(&sides, &universe, options);
     rec.excluded.sort_by(|a, b| a.flow.cmp(&b.flow));
     rec
-}
-
-/// Every subject identity with a proposed policy.
-pub fn subjects(rec: &Recommendation) -> BTreeSet<String> {
-    rec.policies.iter().map(|p| p.subject.clone()).collect()
 }

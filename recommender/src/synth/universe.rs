@@ -95,13 +95,6 @@ impl Universe {
             .collect()
     }
 
-    pub fn in_namespace(&self, namespace: &str) -> Vec<&Workload> {
-        self.workloads
-            .values()
-            .filter(|w| w.namespace == namespace)
-            .collect()
-    }
-
     pub fn name_of(&self, peer: &PeerRef) -> String {
         match peer {
             PeerRef::Workload(id) => self
