@@ -95,6 +95,25 @@ pub struct FlowStore {
     _lock: File,
 }
 
+/// How long `open` waits for a writer that is going away. A lock is held by
+/// the open file description, which a child forked by any thread of the
+/// process shares until its exec; a writer just closed can therefore look
+/// alive for a moment. A live writer holds it for good, and is reported.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn acquire_writer_lock(lock: &File, dir: &Path) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        if lock.try_lock().is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Locked(dir.to_path_buf()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 impl FlowStore {
     /// Open (creating it if needed) and replay any write-ahead file left by
     /// a crash into segments.
@@ -108,9 +127,7 @@ impl FlowStore {
         fs::create_dir_all(&wal_dir).map_err(|e| StoreError::io(&wal_dir, e))?;
         let lock_path = wal_dir.join(LOCK_FILE);
         let lock = File::create(&lock_path).map_err(|e| StoreError::io(&lock_path, e))?;
-        if lock.try_lock().is_err() {
-            return Err(StoreError::Locked(dir));
-        }
+        acquire_writer_lock(&lock, &dir)?;
         let segments = segment_files(&dir)?;
         let mut max_seq = segments
             .iter()
