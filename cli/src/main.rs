@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent_api;
 mod commands;
 mod lab;
 mod outcome;
@@ -54,6 +55,13 @@ enum Command {
     Agent(commands::agent::AgentArgs),
     /// Flip one namespace between off, audit and enforce (one map update).
     Mode(commands::agent::ModeArgs),
+    /// Staged enforce of one namespace: soak in audit, flip, watch, roll
+    /// back by itself on surprises.
+    Enforce(commands::enforce::EnforceArgs),
+    /// Send a namespace back to audit now (one map update), recorded.
+    Rollback(commands::enforce::RollbackArgs),
+    /// Per namespace: mode, stage, last minute's drops, rollback reasons.
+    Status(commands::enforce::StatusArgs),
     /// Run the agent for a fixed window and store what it saw.
     Record(commands::agent::RecordArgs),
     /// Import flows recorded elsewhere (Hubble) into a flow store.
@@ -87,6 +95,9 @@ fn main() -> ExitCode {
         Command::Agent(args) => commands::agent::run_agent(args),
         Command::Mode(args) => commands::agent::run_mode(args),
         Command::Record(args) => commands::agent::run_record(args),
+        Command::Enforce(args) => commands::enforce::run(args),
+        Command::Rollback(args) => commands::enforce::run_rollback(args),
+        Command::Status(args) => commands::enforce::run_status(args),
         Command::Import(cmd) => commands::learn::run_import(cmd),
         Command::Learn(args) => commands::learn::run_learn(args),
         Command::Recommend(args) => commands::recommend::run(args),
@@ -116,6 +127,7 @@ impl Command {
             Command::Policy(_)
                 | Command::Learn(_)
                 | Command::Mode(_)
+                | Command::Status(_)
                 | Command::Import(_)
                 | Command::Recommend(_)
                 | Command::Review(_)

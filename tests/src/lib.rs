@@ -8,6 +8,8 @@
 //! a stale binary) and use `<target dir>/debug/cnpilot`, where the target dir
 //! is `$CARGO_TARGET_DIR` or the workspace's `target/`.
 
+pub mod steps;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -84,6 +86,7 @@ impl Lab {
             .args(args)
             .env("CNPILOT_LAB_PREFIX", &self.prefix)
             .env("CNPILOT_LAB_DIR", self.dir.path())
+            .env("CNPILOT_STATE_DIR", self.dir.path().join("state"))
             .output()
             .expect("running cnpilot");
         eprintln!(
@@ -154,6 +157,7 @@ impl Drop for Lab {
         let _ = Command::new(cnpilot_bin())
             .args(["lab", "down", "--prefix", &self.prefix])
             .env("CNPILOT_LAB_DIR", self.dir.path())
+            .env("CNPILOT_STATE_DIR", self.dir.path().join("state"))
             .output();
     }
 }
@@ -260,6 +264,7 @@ impl<'a> SeedAgent<'a> {
             .arg(events)
             .env("CNPILOT_LAB_PREFIX", &lab.prefix)
             .env("CNPILOT_LAB_DIR", lab.dir.path())
+            .env("CNPILOT_STATE_DIR", lab.dir.path().join("state"))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(stderr).expect("creating the agent's stderr file"))
             .spawn()

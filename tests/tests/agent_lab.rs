@@ -74,6 +74,7 @@ impl Rig {
             .args(&args)
             .env("CNPILOT_LAB_PREFIX", &self.lab.prefix)
             .env("CNPILOT_LAB_DIR", self.lab.dir.path())
+            .env("CNPILOT_STATE_DIR", self.lab.dir.path().join("state"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

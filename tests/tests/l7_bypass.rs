@@ -65,6 +65,7 @@ fn in_pod(lab: &Lab, pod: &str, args: &[&str]) -> Command {
         .args(args)
         .env("CNPILOT_LAB_PREFIX", &lab.prefix)
         .env("CNPILOT_LAB_DIR", lab.dir.path())
+        .env("CNPILOT_STATE_DIR", lab.dir.path().join("state"))
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .stdout(Stdio::piped());

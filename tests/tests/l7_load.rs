@@ -86,7 +86,8 @@ fn ab_command(lab: &Lab, args: &[&str]) -> Command {
     cmd.args(["lab", "exec", "web/frontend-app", "--", "ab"])
         .args(args)
         .env("CNPILOT_LAB_PREFIX", &lab.prefix)
-        .env("CNPILOT_LAB_DIR", lab.dir.path());
+        .env("CNPILOT_LAB_DIR", lab.dir.path())
+        .env("CNPILOT_STATE_DIR", lab.dir.path().join("state"));
     cmd
 }
 

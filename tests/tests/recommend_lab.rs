@@ -7,48 +7,9 @@
 //! | greenfield | the proposal alone (no policies while recording) | every scenario request answered, 0 drops; unseen paths and methods 403; unseen peers and ports dropped |
 //! | brownfield | the article's policies + the proposal | exactly the flows the recommendation listed as kept denied fail (cross-tenant calls, the two L7-denied requests); DNS, tenants → prometheus:9090 and the article's four curls (200/403/200/403) work |
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-
 use cnpilot_bpf::testing::privileged_tests_enabled;
-use cnpilot_e2e::{cnpilot_bin, workspace_root, Lab, SeedAgent as Agent};
-
-/// `cnpilot record` for `seconds` while the scenario's clients talk.
-fn record(lab: &Lab, store: &Path, current: Option<&Path>, seconds: u32) {
-    let pin = format!("/sys/fs/bpf/cnpilot-{}", lab.prefix);
-    let mut cmd = Command::new(cnpilot_bin());
-    cmd.args(["record", "--duration", &format!("{seconds}s"), "--store"])
-        .arg(store)
-        .args([
-            "--pin-dir",
-            &pin,
-            "--events",
-            "/dev/null",
-            "--mode",
-            "audit",
-        ]);
-    if let Some(dir) = current {
-        cmd.arg("--policies").arg(dir);
-    }
-    let child = cmd
-        .env("CNPILOT_LAB_PREFIX", &lab.prefix)
-        .env("CNPILOT_LAB_DIR", lab.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting cnpilot record");
-    // The agent attaches within a second or two; traffic starts after.
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let traffic = lab.cnpilot(&["lab", "traffic", "--duration", &format!("{}s", seconds - 5)]);
-    assert!(traffic.status.success() || traffic.status.code() == Some(1));
-    let out = child
-        .wait_with_output()
-        .expect("waiting for cnpilot record");
-    let err = String::from_utf8_lossy(&out.stderr);
-    eprintln!("record: {err}");
-    assert!(err.contains("L7 records"), "{err}");
-    let _ = lab.cnpilot(&["agent", "--down", "--pin-dir", &pin]);
-}
+use cnpilot_e2e::steps::{recommend, record};
+use cnpilot_e2e::{workspace_root, Lab, SeedAgent as Agent};
 
 /// `lab traffic` totals and the failing rows (source, target, request).
 fn traffic(lab: &Lab, seconds: u32) -> (u64, u64, Vec<String>) {
@@ -98,23 +59,6 @@ fn curl(lab: &Lab, pod: &str, method: &str, url: &str) -> String {
         url,
     ]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn recommend(lab: &Lab, store: &Path, current: Option<&Path>, out: &Path) -> serde_json::Value {
-    let mut args = vec![
-        "recommend",
-        "--store",
-        store.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    if let Some(c) = current {
-        args.extend(["--current", c.to_str().unwrap()]);
-    }
-    let rec = lab.cnpilot(&args);
-    assert_eq!(rec.status.code(), Some(0), "recommend's proofs failed");
-    let report = std::fs::read_to_string(out.join(".cnpilot/report.json")).unwrap();
-    serde_json::from_str(&report).unwrap()
 }
 
 fn drops(agent: &Agent<'_>) -> Vec<serde_json::Value> {

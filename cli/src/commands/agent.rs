@@ -5,6 +5,7 @@ mod events;
 mod inventory;
 mod l7;
 mod policy;
+mod socket;
 pub(crate) mod store;
 
 use std::io::Write;
@@ -68,6 +69,16 @@ pub struct AgentArgs {
     /// (the default for `agent`); or a list: `8080,9090`, `auto,8443`.
     #[arg(long, value_name = "auto|off|PORTS")]
     pub http_visibility: Option<Visibility>,
+    /// The local API (`cnpilot observe`, `enforce`, `status`): a root-only
+    /// Unix socket. By default `/run/cnpilot/agent.sock` for the default pin
+    /// directory, `/run/cnpilot/agent-NAME.sock` for a pin directory NAME.
+    #[arg(long, env = "CNPILOT_AGENT_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Staged-enforce records (`cnpilot enforce`): namespaces in a staged
+    /// enforce get their proposal's policies instead of `--policies`', and
+    /// keep their mode when `--mode` is given.
+    #[arg(long, env = "CNPILOT_STATE_DIR", default_value = crate::commands::enforce::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 /// The agent's event ring buffer (see `--ring-buffer-mib`).
@@ -135,13 +146,53 @@ pub fn run_mode(args: ModeArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// The namespaces a staged enforce has taken over, and where their
+/// proposals are.
+fn staged_namespaces(
+    state_dir: &std::path::Path,
+) -> anyhow::Result<(Vec<policy::Staged>, Vec<String>)> {
+    use crate::commands::enforce::state::{self, Stage};
+    let records = state::all(state_dir)?;
+    let staged = records
+        .iter()
+        .filter(|(_, r)| r.stage.proposal_loaded())
+        .map(|(ns, _)| policy::Staged {
+            namespace: ns.namespace.clone(),
+            dir: ns.policies_dir(),
+        })
+        .collect();
+    let keep_mode = records
+        .iter()
+        .filter(|(_, r)| matches!(r.stage, Stage::Enforce | Stage::Watch | Stage::Done))
+        .map(|(ns, _)| ns.namespace.clone())
+        .collect();
+    Ok((staged, keep_mode))
+}
+
 fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     let inv = inventory::Inventory::from_lab(&args.lab_dir)?;
     let visibility = args.http_visibility.clone().unwrap_or(match duration {
         Some(_) => Visibility::Auto(Vec::new()),
         None => Visibility::Off,
     });
-    let entries = policy::compile(args.policies.as_deref(), &inv, args.proxy_port, &visibility)?;
+    let (staged, keep_mode) = staged_namespaces(&args.state_dir)?;
+    for ns in &staged {
+        eprintln!(
+            "cnpilot agent: {}: policies from its staged enforce ({})",
+            ns.namespace,
+            ns.dir.display()
+        );
+    }
+    let compile = |staged: &[policy::Staged]| {
+        policy::compile(
+            args.policies.as_deref(),
+            staged,
+            &inv,
+            args.proxy_port,
+            &visibility,
+        )
+    };
+    let entries = compile(&staged)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -158,7 +209,10 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             pins_note.display()
         );
     }
-    program_maps(&mut dp, &inv, &entries, args.mode)?;
+    program_maps(&mut dp, &inv, &entries, args.mode, &keep_mode)?;
+    let slot = std::sync::Arc::new(l7::PolicySlot::new(std::sync::Arc::clone(
+        &entries.compiled,
+    )));
     // The proxy listens before any program can hand it a connection.
     let mut http_events = match args.proxy_port {
         0 => None,
@@ -166,7 +220,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             l7::install_proxy_route(&inv.node_netns)?;
             Some(l7::start_proxy(
                 &inv,
-                std::sync::Arc::clone(&entries.compiled),
+                std::sync::Arc::clone(&slot),
                 &args.pin_dir,
                 port,
             )?)
@@ -186,6 +240,12 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             })?;
     }
     let mut reader = dp.events()?;
+    let socket_path = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| crate::agent_api::socket_for(&args.pin_dir));
+    let (hub, mut reloads) = socket::serve(&socket_path)?;
+    let cx = events::LineContext::new(inv.node_name.clone());
     let mut sink = match &args.store {
         Some(dir) => Some(store::StoreThread::spawn(store::StoreSink::open(
             dir,
@@ -195,11 +255,13 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         None => None,
     };
     eprintln!(
-        "cnpilot agent: {} pods attached, {} policy entries, {} namespaces; pinned under {}",
+        "cnpilot agent: {} pods attached, {} policy entries, {} namespaces; pinned under {}; \
+         socket {}",
         inv.pods.len(),
         entries.policy.len(),
         inv.namespaces.len(),
-        args.pin_dir.display()
+        args.pin_dir.display(),
+        socket_path.display()
     );
     for ns in inv.namespaces.keys() {
         eprintln!("  {ns}: {}", dp.tables().mode(ns_id(ns))?);
@@ -231,6 +293,20 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     };
     let started = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let publish_modes = |t: &Tables| {
+        let modes = inv
+            .namespaces
+            .keys()
+            .map(|ns| {
+                let mode = t
+                    .mode(ns_id(ns))
+                    .map_or_else(|e| format!("? ({e})"), |m| m.to_string());
+                (ns.clone(), mode)
+            })
+            .collect();
+        hub.set_modes(modes);
+    };
+    publish_modes(dp.tables());
     let result: anyhow::Result<()> = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
@@ -248,15 +324,33 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                     if let Some(sink) = sink.as_mut() {
                         sink.record_events(batch.clone())?;
                     }
+                    let live = hub.has_clients();
                     for ev in batch {
                         seen += 1;
                         let dropped = ev.verdict == verdict::WOULD_DROP || ev.verdict == verdict::DROPPED;
                         drops += u64::from(dropped);
-                        if args.drops_only && !dropped {
+                        if dropped {
+                            if let Some(ns) = inv.namespace_of_ns_id(ev.ns_id) {
+                                hub.count(ns, if ev.verdict == verdict::DROPPED {
+                                    socket::Denial::Dropped
+                                } else {
+                                    socket::Denial::WouldDrop
+                                });
+                            }
+                        }
+                        let to_file = !args.drops_only || dropped;
+                        if !to_file && !live {
                             continue;
                         }
-                        serde_json::to_writer(&mut out, &events::line(&ev, &inv))?;
-                        out.write_all(b"\n")?;
+                        let text: std::sync::Arc<str> =
+                            serde_json::to_string(&events::line(&ev, &inv, &cx))?.into();
+                        if live {
+                            hub.publish(&text);
+                        }
+                        if to_file {
+                            out.write_all(text.as_bytes())?;
+                            out.write_all(b"\n")?;
+                        }
                     }
                     out.flush()?;
                 }
@@ -272,15 +366,56 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                         sink.record_l7(ev.clone())?;
                     }
                     drops += u64::from(dropped);
-                    if !args.drops_only || dropped {
-                        serde_json::to_writer(&mut out, &events::http_line(&ev, &inv))?;
-                        out.write_all(b"\n")?;
-                        out.flush()?;
+                    if dropped {
+                        let ns = inv.pods.iter().find(|p| p.identity == ev.dst_identity)
+                            .or_else(|| inv.pods.iter().find(|p| p.identity == ev.src_identity))
+                            .map(|p| p.namespace.clone());
+                        if let Some(ns) = ns {
+                            hub.count(&ns, match ev.verdict {
+                                crate::proxy::event::L7Verdict::Denied => socket::Denial::L7Denied,
+                                _ => socket::Denial::L7WouldDeny,
+                            });
+                        }
+                    }
+                    let live = hub.has_clients();
+                    if live || !args.drops_only || dropped {
+                        let text: std::sync::Arc<str> =
+                            serde_json::to_string(&events::http_line(&ev, &inv, &cx))?.into();
+                        if live {
+                            hub.publish(&text);
+                        }
+                        if !args.drops_only || dropped {
+                            out.write_all(text.as_bytes())?;
+                            out.write_all(b"\n")?;
+                            out.flush()?;
+                        }
                     }
                 }
-                _ = tick.tick(), if duration.is_some() => {
-                    bar.set_position(started.elapsed().as_millis() as u64);
-                    bar.set_message(format!("{seen} events, {drops} would-drop/drop"));
+                Some(request) = reloads.recv() => {
+                    let result = staged_namespaces(&args.state_dir)
+                        .and_then(|(now_staged, _)| {
+                            let entries = compile(&now_staged)?;
+                            reprogram_policy(&mut dp, &inv, &entries)?;
+                            slot.replace(std::sync::Arc::clone(&entries.compiled));
+                            Ok(format!(
+                                "{} policy entries, {} staged namespaces",
+                                entries.policy.len(),
+                                now_staged.len()
+                            ))
+                        })
+                        .map_err(|e| format!("{e:#}"));
+                    match &result {
+                        Ok(summary) => tracing::info!("reloaded: {summary}"),
+                        Err(e) => tracing::warn!("reload failed: {e}"),
+                    }
+                    let _ = request.reply.send(result);
+                }
+                _ = tick.tick() => {
+                    publish_modes(dp.tables());
+                    if duration.is_some() {
+                        bar.set_position(started.elapsed().as_millis() as u64);
+                        bar.set_message(format!("{seen} events, {drops} would-drop/drop"));
+                    }
                 }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
@@ -290,6 +425,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         Ok(())
     });
     bar.finish_and_clear();
+    let _ = std::fs::remove_file(&socket_path);
     result?;
     out.flush()?;
     let flows = dp.tables().read_counters()?;
@@ -325,6 +461,45 @@ fn program_maps(
     inv: &inventory::Inventory,
     entries: &policy::MapEntries,
     mode: Option<Mode>,
+    keep_mode: &[String],
+) -> anyhow::Result<()> {
+    reprogram_policy(dp, inv, entries)?;
+    let t = dp.tables_mut();
+    for ns in inv.namespaces.keys() {
+        let id = ns_id(ns);
+        let current = t
+            .modes()?
+            .into_iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, m)| m);
+        match (mode, current) {
+            (Some(m), _) if keep_mode.contains(ns) => {
+                eprintln!(
+                    "cnpilot agent: {ns}: keeps its mode ({}), not --mode {m}: a staged enforce owns it",
+                    current.map_or_else(|| "audit".to_string(), |c| c.to_string())
+                );
+                if current.is_none() {
+                    t.set_mode(id, Mode::Audit)?;
+                }
+            }
+            (Some(m), _) => {
+                t.set_mode(id, m)?;
+            }
+            (None, None) => {
+                t.set_mode(id, Mode::Audit)?;
+            }
+            (None, Some(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Endpoints, ipcache, policy and subjects, without touching any mode: the
+/// start of the agent and a reload alike.
+fn reprogram_policy(
+    dp: &mut Datapath,
+    inv: &inventory::Inventory,
+    entries: &policy::MapEntries,
 ) -> anyhow::Result<()> {
     let t = dp.tables_mut();
     let mut ipcache = vec![IpcacheEntry {
@@ -363,27 +538,10 @@ fn program_maps(
     t.set_ipcache(&all)?;
     t.replace_policy(entries.policy.iter().copied())?;
     t.replace_subjects(entries.subjects.iter().copied())?;
-    for ns in inv.namespaces.keys() {
-        let id = ns_id(ns);
-        let current = t
-            .modes()?
-            .into_iter()
-            .find(|(k, _)| *k == id)
-            .map(|(_, m)| m);
-        match (mode, current) {
-            (Some(m), _) => {
-                t.set_mode(id, m)?;
-            }
-            (None, None) => {
-                t.set_mode(id, Mode::Audit)?;
-            }
-            (None, Some(_)) => {}
-        }
-    }
     Ok(())
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(
         s.find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(s.len()),

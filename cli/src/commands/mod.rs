@@ -2,6 +2,7 @@ pub mod agent;
 pub mod bench;
 pub mod demo;
 pub mod diff;
+pub mod enforce;
 pub mod explain;
 pub mod learn;
 pub mod policy;

@@ -8,9 +8,39 @@ use serde::Serialize;
 
 use super::inventory::Inventory;
 use crate::proxy::event::{L7Event, L7Verdict};
+use cnpilot_learner::ReservedIdentity;
+
+/// What turns datapath time into wall time and names the node, once per
+/// agent run (the kernel stamps events with the monotonic clock).
+#[derive(Debug, Clone)]
+pub struct LineContext {
+    pub node: String,
+    pub wall_offset_ns: i64,
+}
+
+impl LineContext {
+    pub fn new(node: String) -> Self {
+        let (wall_offset_ns, _) = super::store::clock_offset();
+        Self {
+            node,
+            wall_offset_ns,
+        }
+    }
+}
+
+/// RFC 3339 in UTC with nanoseconds, as Hubble writes `time`.
+pub fn rfc3339(unix_ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(unix_ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
 
 #[derive(Debug, Serialize)]
 pub struct EventLine {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Wall clock, RFC 3339.
+    pub time: String,
+    /// The kernel's monotonic clock (comparable with `CLOCK_MONOTONIC`).
     pub time_ns: u64,
     pub verdict: &'static str,
     pub reason: &'static str,
@@ -21,6 +51,7 @@ pub struct EventLine {
     pub src: Peer,
     pub dst: Peer,
     pub rule_id: u32,
+    pub node: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -29,6 +60,33 @@ pub struct Peer {
     pub port: u16,
     pub identity: u32,
     pub name: String,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// Identity labels in Hubble's form (`k8s:app=x`, `reserved:world`).
+    pub labels: Vec<String>,
+}
+
+fn peer(inv: &Inventory, ip: Ipv4Addr, port: u16, identity: u32) -> Peer {
+    let pod = inv.pods.iter().find(|p| p.ip == ip);
+    let labels = match inv.pods.iter().find(|p| p.identity == identity) {
+        Some(p) => p
+            .identity_labels
+            .iter()
+            .map(|(k, v)| format!("k8s:{k}={v}"))
+            .collect(),
+        None => ReservedIdentity::from_number(identity)
+            .map(|r| vec![format!("reserved:{}", r.name())])
+            .unwrap_or_default(),
+    };
+    Peer {
+        ip,
+        port,
+        identity,
+        name: inv.name_of_identity(identity),
+        namespace: pod.map(|p| p.namespace.clone()),
+        pod: pod.map(|p| p.name.clone()),
+        labels,
+    }
 }
 
 pub fn verdict_name(v: u8) -> &'static str {
@@ -60,14 +118,13 @@ pub fn proto_name(p: u8) -> String {
     }
 }
 
-pub fn line(ev: &FlowEvent, inv: &Inventory) -> EventLine {
-    let peer = |addr: u32, port: u16, identity: u32| Peer {
-        ip: Ipv4Addr::from(u32::from_be(addr)),
-        port,
-        identity,
-        name: inv.name_of_identity(identity),
+pub fn line(ev: &FlowEvent, inv: &Inventory, cx: &LineContext) -> EventLine {
+    let peer = |addr: u32, port: u16, identity: u32| {
+        peer(inv, Ipv4Addr::from(u32::from_be(addr)), port, identity)
     };
     EventLine {
+        kind: "l3-l4",
+        time: rfc3339((ev.ts_ns as i64).saturating_add(cx.wall_offset_ns)),
         time_ns: ev.ts_ns,
         verdict: verdict_name(ev.verdict),
         reason: reason_name(ev.reason),
@@ -81,6 +138,7 @@ pub fn line(ev: &FlowEvent, inv: &Inventory) -> EventLine {
         src: peer(ev.saddr, ev.sport, ev.src_identity),
         dst: peer(ev.daddr, ev.dport, ev.dst_identity),
         rule_id: ev.rule_id,
+        node: cx.node.clone(),
     }
 }
 
@@ -89,6 +147,8 @@ pub fn line(ev: &FlowEvent, inv: &Inventory) -> EventLine {
 pub struct HttpLine {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    pub time: String,
+    /// Unix ns (the proxy reads the wall clock).
     pub time_ns: u64,
     /// `allowed`, `l7-would-deny`, `l7-denied` or `unparseable`.
     pub verdict: &'static str,
@@ -101,24 +161,25 @@ pub struct HttpLine {
     pub dst: Peer,
     /// The rule that allowed it, or why it was (or would be) denied.
     pub reason: String,
+    pub node: String,
 }
 
-pub fn http_line(ev: &L7Event, inv: &Inventory) -> HttpLine {
-    let peer = |ip: IpAddr, port: u16, identity: u32| Peer {
-        ip: match ip {
+pub fn http_line(ev: &L7Event, inv: &Inventory, cx: &LineContext) -> HttpLine {
+    let peer = |ip: IpAddr, port: u16, identity: u32| {
+        let v4 = match ip {
             IpAddr::V4(v4) => v4,
             IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        },
-        port,
-        identity,
-        name: inv.name_of_identity(identity),
+        };
+        peer(inv, v4, port, identity)
     };
+    let time_ns = ev
+        .ts
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     HttpLine {
         kind: "http",
-        time_ns: ev
-            .ts
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        time: rfc3339(i64::try_from(time_ns).unwrap_or(i64::MAX)),
+        time_ns,
         verdict: ev.verdict.as_str(),
         method: ev.method.clone(),
         path: ev.path.clone(),
@@ -128,6 +189,7 @@ pub fn http_line(ev: &L7Event, inv: &Inventory) -> HttpLine {
         src: peer(ev.src_ip, 0, ev.src_identity),
         dst: peer(ev.dst_ip, ev.dport, ev.dst_identity),
         reason: ev.reason.clone(),
+        node: cx.node.clone(),
     }
 }
 

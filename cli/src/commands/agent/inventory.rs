@@ -25,6 +25,7 @@ struct LabFile {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct NodeFile {
+    name: String,
     netns: String,
     ip: Ipv4Addr,
 }
@@ -84,6 +85,7 @@ pub struct Pod {
 
 #[derive(Debug)]
 pub struct Inventory {
+    pub node_name: String,
     pub node_netns: PathBuf,
     pub node_ip: Ipv4Addr,
     pub pods: Vec<Pod>,
@@ -162,6 +164,7 @@ impl Inventory {
             });
         }
         Ok(Inventory {
+            node_name: lab.node.name,
             node_netns: cnpilot_bpf::netns::named(&lab.node.netns),
             node_ip: lab.node.ip,
             pods,

@@ -134,12 +134,37 @@ pub fn remove_proxy_route(node_netns: &Path) {
     let _ = ip(&ns, &["route", "flush", "table", &table]);
 }
 
-struct CompiledIdentities(Arc<CompiledPolicy>);
+/// The compiled policy the proxy decides with; a reload swaps it whole, so
+/// a request sees one revision or the next, never a mix.
+#[derive(Debug, Default)]
+pub struct PolicySlot(std::sync::RwLock<Arc<CompiledPolicy>>);
+
+impl PolicySlot {
+    pub fn new(compiled: Arc<CompiledPolicy>) -> Self {
+        Self(std::sync::RwLock::new(compiled))
+    }
+
+    pub fn current(&self) -> Arc<CompiledPolicy> {
+        match self.0.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn replace(&self, compiled: Arc<CompiledPolicy>) {
+        match self.0.write() {
+            Ok(mut p) => *p = compiled,
+            Err(poisoned) => *poisoned.into_inner() = compiled,
+        }
+    }
+}
+
+struct CompiledIdentities(Arc<PolicySlot>);
 
 impl IdentityResolver for CompiledIdentities {
     fn identity_of(&self, ip: IpAddr) -> Identity {
         match ip {
-            IpAddr::V4(v4) => self.0.identity_of_addr(v4),
+            IpAddr::V4(v4) => self.0.current().identity_of_addr(v4),
             IpAddr::V6(_) => identity::WORLD,
         }
     }
@@ -147,18 +172,16 @@ impl IdentityResolver for CompiledIdentities {
 
 /// The L7 question of the compiled policy, one side at a time: a side that
 /// redirected at L4 must have an HTTP rule matching the request.
-struct CompiledL7(Arc<CompiledPolicy>);
+struct CompiledL7(Arc<PolicySlot>);
 
-impl CompiledL7 {
-    fn describe(&self, rule: Option<u32>) -> String {
-        rule.and_then(|r| self.0.rule(r))
-            .map_or_else(|| "no rule".to_string(), ToString::to_string)
-    }
+fn describe(p: &CompiledPolicy, rule: Option<u32>) -> String {
+    rule.and_then(|r| p.rule(r))
+        .map_or_else(|| "no rule".to_string(), ToString::to_string)
 }
 
 impl L7Policy for CompiledL7 {
     fn has_http_rules(&self, src: Identity, dst: Identity, dport: u16) -> bool {
-        let p = &self.0;
+        let p = self.0.current();
         let redirected = |side: cnpilot_recommender::Side| side.outcome == Outcome::L7Allowed;
         (p.is_local_subject(dst)
             && redirected(p.check(Direction::Ingress, dst, src, TCP, dport, None)))
@@ -183,7 +206,7 @@ impl L7Policy for CompiledL7 {
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect::<BTreeMap<_, _>>(),
         };
-        let p = &self.0;
+        let p = self.0.current();
         let sides = [
             p.is_local_subject(dst)
                 .then(|| p.check(Direction::Ingress, dst, src, TCP, dport, Some(&req))),
@@ -195,7 +218,7 @@ impl L7Policy for CompiledL7 {
             match side.outcome {
                 Outcome::L7Denied => {
                     return L7Decision::Deny {
-                        reason: format!("no http rule matches ({})", self.describe(side.rule)),
+                        reason: format!("no http rule matches ({})", describe(&p, side.rule)),
                     }
                 }
                 Outcome::L7Allowed => allowed_by = allowed_by.or(side.rule),
@@ -204,7 +227,7 @@ impl L7Policy for CompiledL7 {
             }
         }
         L7Decision::Allow {
-            rule: self.describe(allowed_by),
+            rule: describe(&p, allowed_by),
         }
     }
 }
@@ -243,7 +266,7 @@ impl ModeResolver for PinnedModes {
 /// events arrive on the returned channel. It runs until the process exits.
 pub fn start_proxy(
     inv: &Inventory,
-    compiled: Arc<CompiledPolicy>,
+    compiled: Arc<PolicySlot>,
     pin_dir: &Path,
     port: u16,
 ) -> anyhow::Result<mpsc::Receiver<L7Event>> {

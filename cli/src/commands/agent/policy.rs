@@ -209,32 +209,74 @@ fn add_visibility(
     added
 }
 
+fn load_dir(dir: &Path) -> anyhow::Result<cnpilot_recommender::PolicySet> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading policy directory {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    cnpilot_recommender::load_paths(&files)
+        .with_context(|| format!("loading policies from {}", dir.display()))
+}
+
+/// A namespace whose policies come from a staged enforce's proposal
+/// instead of the base directory.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub namespace: String,
+    pub dir: std::path::PathBuf,
+}
+
+/// The base directory's policies, with each staged namespace's
+/// CiliumNetworkPolicies replaced by its proposal's. A proposal may only
+/// speak for its own namespace: anything else in it is ignored, loudly.
+fn effective_set(
+    base: Option<&Path>,
+    staged: &[Staged],
+) -> anyhow::Result<cnpilot_recommender::PolicySet> {
+    let mut set = match base {
+        Some(dir) => load_dir(dir)?,
+        None => Default::default(),
+    };
+    for stage in staged {
+        set.policies
+            .retain(|p| p.policy.scope_namespace() != Some(stage.namespace.as_str()));
+        let mut proposal = load_dir(&stage.dir)?;
+        proposal.policies.retain(|p| {
+            let ours = p.policy.scope_namespace() == Some(stage.namespace.as_str());
+            if !ours {
+                tracing::warn!(
+                    "{}:{}: {} is not a CiliumNetworkPolicy of namespace {}: a staged enforce of {} ignores it",
+                    p.file,
+                    p.line,
+                    p.policy.metadata.name,
+                    stage.namespace,
+                    stage.namespace
+                );
+            }
+            ours
+        });
+        set.extend(proposal);
+    }
+    Ok(set)
+}
+
 /// `proxy_port` goes into REDIRECT entries (0: no proxy, L7 ports pass at
-/// L4). Without a policy directory nothing is selected, but visibility
-/// still applies.
+/// L4). Without any policy nothing is selected, but visibility still
+/// applies.
 pub fn compile(
-    dir: Option<&Path>,
+    base: Option<&Path>,
+    staged: &[Staged],
     inv: &Inventory,
     proxy_port: u16,
     visibility: &Visibility,
 ) -> anyhow::Result<MapEntries> {
-    if dir.is_none() && *visibility == Visibility::Off {
+    if base.is_none() && staged.is_empty() && *visibility == Visibility::Off {
         return Ok(none());
     }
-    let set = match dir {
-        Some(dir) => {
-            let mut files: Vec<_> = std::fs::read_dir(dir)
-                .with_context(|| format!("reading policy directory {}", dir.display()))?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-                .collect();
-            files.sort();
-            cnpilot_recommender::load_paths(&files)
-                .with_context(|| format!("loading policies from {}", dir.display()))?
-        }
-        None => Default::default(),
-    };
+    let set = effective_set(base, staged)?;
     let inputs = identity_inputs(inv);
     let mut compiled = CompiledPolicy::compile(&set, &inputs, None);
     compiled.set_proxy_port(proxy_port);
