@@ -62,6 +62,9 @@ enum Command {
     Rollback(commands::enforce::RollbackArgs),
     /// Per namespace: mode, stage, last minute's drops, rollback reasons.
     Status(commands::enforce::StatusArgs),
+    /// The brownfield migration, step by step: record, choose, recommend,
+    /// review, accept, staged enforce; resumes after an interruption.
+    Wizard(commands::wizard::WizardArgs),
     /// Run the agent for a fixed window and store what it saw.
     Record(commands::agent::RecordArgs),
     /// Import flows recorded elsewhere (Hubble) into a flow store.
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Mode(args) => commands::agent::run_mode(args),
         Command::Record(args) => commands::agent::run_record(args),
         Command::Enforce(args) => commands::enforce::run(args),
+        Command::Wizard(args) => commands::wizard::run(args),
         Command::Rollback(args) => commands::enforce::run_rollback(args),
         Command::Status(args) => commands::enforce::run_status(args),
         Command::Import(cmd) => commands::learn::run_import(cmd),

@@ -346,17 +346,17 @@ fn summarize_events(events: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn step(title: &str) {
+pub(crate) fn step(title: &str) {
     println!("\n== {title}");
 }
 
-fn path_arg(p: &Path) -> String {
+pub(crate) fn path_arg(p: &Path) -> String {
     p.display().to_string()
 }
 
 /// Runs a child command, showing it; returns whether it exited 0 (exit 1 is
 /// a finding, not a failure to run).
-fn run_shown(me: &Path, args: &[&str]) -> anyhow::Result<bool> {
+pub(crate) fn run_shown(me: &Path, args: &[&str]) -> anyhow::Result<bool> {
     println!("$ cnpilot {}", args.join(" "));
     let status = Command::new(me)
         .args(args)
@@ -376,7 +376,7 @@ fn run_checked(me: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

@@ -8,3 +8,4 @@ pub mod learn;
 pub mod policy;
 pub mod recommend;
 pub mod review;
+pub mod wizard;

@@ -29,6 +29,10 @@ pub struct StatusArgs {
     /// `table` or `json`.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
     pub output: String,
+    /// The lab's state directory: names the namespaces whose modes are
+    /// pinned when the agent is not running.
+    #[arg(long, env = "CNPILOT_LAB_DIR", default_value = "/run/cnpilot/lab")]
+    pub lab_dir: std::path::PathBuf,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -98,6 +102,16 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<Outcome> {
         l7_would_deny: None,
         reason: None,
     };
+    // The pinned map is keyed by hashes of names: the inventory names them.
+    if let Ok(text) = std::fs::read_to_string(args.lab_dir.join("state.json")) {
+        if let Ok(lab) = serde_json::from_str::<serde_json::Value>(&text) {
+            for ns in lab["namespaces"].as_array().into_iter().flatten() {
+                if let Some(name) = ns["name"].as_str() {
+                    rows.entry(name.to_string()).or_insert_with(|| empty(name));
+                }
+            }
+        }
+    }
     if let Ok(answer) = &agent {
         if let Some(namespaces) = answer["namespaces"].as_object() {
             for (name, counts) in namespaces {
