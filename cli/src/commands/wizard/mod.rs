@@ -438,7 +438,7 @@ fn decide(
                 let items = ["accept", "edit", "skip"];
                 match Select::new()
                     .with_prompt(format!("{name} ({ns})"))
-                    .items(&items)
+                    .items(items)
                     .default(0)
                     .interact()?
                 {
