@@ -4,6 +4,7 @@ pub mod demo;
 pub mod diff;
 pub mod explain;
 pub mod learn;
+pub mod observe;
 pub mod policy;
 pub mod recommend;
 pub mod review;

@@ -1,0 +1,1 @@
+//! Round trips: what observe writes, `import hubble` reads back.
