@@ -120,7 +120,7 @@ enum Source {
 struct Printer {
     out: BufWriter<io::StdoutLock<'static>>,
     format: Format,
-    /// Fixed column widths while following; `None` for a batch.
+    /// Fixed column widths and a flush per line while following.
     follow: bool,
     header_done: bool,
     printed: u64,
@@ -158,6 +158,11 @@ impl Printer {
     /// Prints a batch aligned to its widest cells (table), or line by line.
     fn batch(&mut self, flows: &[Flow]) -> io::Result<()> {
         if self.format == Format::Json || self.follow {
+            if self.format == Format::Table {
+                // The header tells a follower the stream is up even when
+                // nothing recorded so far matches.
+                self.header()?;
+            }
             for f in flows {
                 self.flow(f)?;
             }
@@ -184,14 +189,7 @@ impl Printer {
                 }
             },
             Format::Table => {
-                if !self.header_done {
-                    writeln!(
-                        self.out,
-                        "{}",
-                        table::render(&table::header(), &table::FOLLOW_WIDTHS)
-                    )?;
-                    self.header_done = true;
-                }
+                self.header()?;
                 writeln!(
                     self.out,
                     "{}",
@@ -206,8 +204,20 @@ impl Printer {
         Ok(())
     }
 
+    fn header(&mut self) -> io::Result<()> {
+        if !self.header_done {
+            let header = table::render(&table::header(), &table::FOLLOW_WIDTHS);
+            writeln!(self.out, "{header}")?;
+            self.header_done = true;
+        }
+        Ok(())
+    }
+
     fn finish(mut self) -> io::Result<()> {
         self.out.flush()?;
+        if self.printed == 0 && self.untimed == 0 && !self.follow {
+            eprintln!("cnpilot observe: no flow matched");
+        }
         if self.skipped > SKIPS_SHOWN {
             eprintln!(
                 "cnpilot observe: skipped {} unreadable line(s) in all",
@@ -274,7 +284,7 @@ fn filter_of(args: &ObserveArgs) -> anyhow::Result<Filter> {
     })
 }
 
-/// The last `n` of what `keep` accepts (all with `None`).
+/// The last `n` flows (all of them with `None`).
 fn last_n(flows: impl IntoIterator<Item = Flow>, n: Option<usize>) -> Vec<Flow> {
     let Some(n) = n else {
         return flows.into_iter().collect();

@@ -1,0 +1,381 @@
+//! `cnpilot observe` as a user runs it: events file → `-o json` → `import
+//! hubble` → `learn`; a flow store → `-o json` → `import hubble`; a live
+//! agent socket played by a tiny server in the test. No root needed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cnpilot_learner::{store, Direction, FlowRecord, FlowStore, Labels, Peer, Verdict};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cnpilot");
+/// Today's agent: no type and no time on flow lines, peers by name only.
+const UNTIMED: &str = r#"{"time_ns":7,"verdict":"dropped","reason":"deny-rule","direction":"egress","proto":"tcp","src":{"ip":"198.18.2.2","port":42000,"identity":301,"name":"payments/payments-api"},"dst":{"ip":"198.19.50.10","port":443,"identity":2,"name":"world"},"rule_id":9}"#;
+
+const WEB: &str = r#"{"ip":"198.18.1.2","port":41000,"identity":300,"name":"web/frontend-app","namespace":"web","pod":"frontend-app-7d77448bf5-g59cc","labels":["k8s:app=frontend-app","k8s:io.kubernetes.pod.namespace=web"]}"#;
+const API: &str = r#"{"ip":"198.18.2.2","port":8080,"identity":301,"name":"payments/payments-api","namespace":"payments","pod":"payments-api-0","labels":["k8s:app=payments-api","k8s:io.kubernetes.pod.namespace=payments"]}"#;
+const WORKER: &str = r#"{"ip":"198.18.3.2","port":50000,"identity":310,"name":"tenant-a/worker","namespace":"tenant-a","pod":"worker-0","labels":["k8s:app=worker","k8s:io.kubernetes.pod.namespace=tenant-a"]}"#;
+const DNS: &str = r#"{"ip":"198.18.4.53","port":53,"identity":320,"name":"kube-system/kube-dns","namespace":"kube-system","pod":"kube-dns-0","labels":["k8s:app=kube-dns","k8s:io.kubernetes.pod.namespace=kube-system"]}"#;
+
+fn flow_line(time: &str, verdict: &str, reason: &str, proto: &str, src: &str, dst: &str) -> String {
+    format!(
+        r#"{{"type":"l3-l4","time":"{time}","time_ns":1,"verdict":"{verdict}","reason":"{reason}","direction":"egress","endpoint_namespace":null,"proto":"{proto}","src":{src},"dst":{dst},"rule_id":0,"node":"cnp-node"}}"#
+    )
+}
+
+fn http_line(time: &str, verdict: &str, method: &str, path: &str, status: u16) -> String {
+    format!(
+        r#"{{"type":"http","time":"{time}","time_ns":1,"verdict":"{verdict}","method":"{method}","path":"{path}","query":null,"host":null,"status":{status},"src":{WEB},"dst":{API},"reason":"","node":"cnp-node"}}"#
+    )
+}
+
+fn events() -> Vec<String> {
+    vec![
+        flow_line("2026-12-04T21:00:00.1Z", "forwarded", "", "tcp", WEB, API),
+        http_line(
+            "2026-12-04T21:00:00.2Z",
+            "allowed",
+            "GET",
+            "/api/v1/charges",
+            200,
+        ),
+        http_line(
+            "2026-12-04T21:00:00.3Z",
+            "l7-denied",
+            "POST",
+            "/api/v1/refunds",
+            403,
+        ),
+        flow_line(
+            "2026-12-04T21:00:01Z",
+            "would-drop",
+            "default-deny",
+            "udp",
+            WORKER,
+            DNS,
+        ),
+    ]
+}
+
+fn cnpilot(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("CNPILOT_AGENT_SOCKET")
+        .output()
+        .expect("run cnpilot")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = cnpilot(args);
+    assert!(
+        out.status.success(),
+        "cnpilot {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn write_events(dir: &Path, lines: &[String]) -> String {
+    let path = dir.join("events.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write events");
+    path.display().to_string()
+}
+
+#[test]
+fn events_to_hubble_json_to_import_to_learn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = write_events(dir.path(), &events());
+    let json = ok(&["observe", "--events", &events, "-o", "json"]);
+    assert_eq!(json.lines().count(), 4, "{json}");
+    let out = dir.path().join("out.json");
+    std::fs::write(&out, &json).expect("write out.json");
+    let store = dir.path().join("store");
+    let store = store.to_str().expect("utf-8 path");
+    let summary = ok(&[
+        "import",
+        "hubble",
+        out.to_str().expect("utf-8"),
+        "--store",
+        store,
+    ]);
+    assert!(
+        summary.starts_with("imported 4 flow record(s)"),
+        "{summary}"
+    );
+
+    let rows: serde_json::Value =
+        serde_json::from_str(&ok(&["learn", "--store", store, "-o", "json"])).expect("learn json");
+    let rows = rows.as_array().expect("rows");
+    let find = |src: &str, method: Option<&str>| {
+        rows.iter()
+            .find(|r| r["src_workload"] == src && r["l7_method"].as_str() == method)
+            .unwrap_or_else(|| panic!("no row from {src} {method:?} in {rows:#?}"))
+    };
+    let tcp = find("frontend-app", None);
+    assert_eq!(
+        (
+            &tcp["src_namespace"],
+            &tcp["dst_namespace"],
+            &tcp["dst_workload"]
+        ),
+        (&"web".into(), &"payments".into(), &"payments-api".into())
+    );
+    assert_eq!((&tcp["proto"], &tcp["dst_port"]), (&6.into(), &8080.into()));
+    assert_eq!(tcp["verdicts"]["forwarded"], 1);
+    assert_eq!(tcp["src_labels"]["app"], "frontend-app");
+    let refunds = find("frontend-app", Some("POST"));
+    assert_eq!(refunds["path_template"], "/api/v1/refunds");
+    assert_eq!(refunds["verdicts"]["l7-denied"], 1);
+    assert_eq!(
+        find("frontend-app", Some("GET"))["verdicts"]["forwarded"],
+        1
+    );
+    let dns = find("worker", None);
+    assert_eq!(
+        (&dns["dst_workload"], &dns["proto"], &dns["dst_port"]),
+        (&"kube-dns".into(), &17.into(), &53.into())
+    );
+    assert_eq!(dns["verdicts"]["would-drop"], 1);
+}
+
+fn peer(ns: &str, workload: &str, identity: u32, ip: &str) -> Peer {
+    let labels: Labels = [("app", workload), ("io.kubernetes.pod.namespace", ns)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Peer {
+        identity,
+        namespace: ns.into(),
+        workload: workload.into(),
+        labels,
+        ip: ip.parse().ok(),
+    }
+}
+
+#[test]
+fn store_to_hubble_json_to_import_keeps_the_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = dir.path().join("original");
+    let records: Vec<FlowRecord> = (0..3)
+        .map(|i| FlowRecord {
+            window_start_ns: 1_796_418_000_000_000_000 + i * 1_000_000,
+            window_end_ns: 1_796_418_000_000_000_000 + i * 1_000_000,
+            node: "cnp-node".into(),
+            src: peer("web", "frontend-app", 300, "198.18.1.2"),
+            dst: peer("payments", "payments-api", 301, "198.18.2.2"),
+            proto: 6,
+            dst_port: 8080 + i as u16,
+            direction: if i == 1 {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            },
+            verdict: [Verdict::Forwarded, Verdict::WouldDrop, Verdict::Dropped][i as usize],
+            reason: String::new(),
+            l7: None,
+            packets: 1,
+            bytes: 0,
+            count: 1,
+        })
+        .collect();
+    let mut s = FlowStore::open(&original).expect("open store");
+    // Appended out of order: observe sorts a store by time.
+    s.append(&[records[2].clone(), records[0].clone(), records[1].clone()])
+        .expect("append");
+    s.close().expect("close");
+
+    let original = original.to_str().expect("utf-8");
+    let table = ok(&["observe", "--store", original]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("TIMESTAMP "), "{table}");
+    assert!(
+        lines[1].contains("TCP to 8080") && lines[3].contains("DROPPED"),
+        "{table}"
+    );
+    let json = ok(&[
+        "observe",
+        "--store",
+        original,
+        "-o",
+        "json",
+        "--verdict",
+        "would-drop,dropped",
+    ]);
+    assert_eq!(json.lines().count(), 2, "{json}");
+    let out = dir.path().join("out.json");
+    std::fs::write(&out, &json).expect("write");
+    let copy = dir.path().join("copy");
+    ok(&[
+        "import",
+        "hubble",
+        out.to_str().expect("utf-8"),
+        "--store",
+        copy.to_str().expect("utf-8"),
+    ]);
+    let mut back = store::read_all(&copy).expect("read copy");
+    back.sort_by_key(|r| r.window_start_ns);
+    let mut expected = records[1..].to_vec();
+    for r in &mut expected {
+        r.reason = "POLICY_DENIED".into();
+    }
+    assert_eq!(back, expected);
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("agent.sock");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["observe", "--events", "x", "--verdict", "nope"],
+            "would-drop",
+        ),
+        (&["observe", "--events", "x", "--type", "kafka"], "l3-l4"),
+        (&["observe", "--store", "x", "--follow"], "--follow"),
+        (
+            &["observe", "--events", "x", "--from-pod", "web"],
+            "NAMESPACE/POD",
+        ),
+        (
+            &["observe", "--socket", sock.to_str().expect("utf-8")],
+            "cnpilot agent",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = cnpilot(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let out = cnpilot(&["observe", "--socket", sock.to_str().expect("utf-8")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(sock.to_str().expect("utf-8")));
+}
+
+/// Lines of a child's stdout as they come, so a test can wait with a
+/// deadline for output of a command that never ends by itself.
+fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next(rx: &mpsc::Receiver<String>) -> String {
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("a line within 30 s")
+}
+
+fn stop(mut child: Child) -> String {
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    stderr
+}
+
+#[test]
+fn live_socket_streams_events_and_warns_about_lost_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut op = String::new();
+        BufReader::new(conn.try_clone().expect("clone"))
+            .read_line(&mut op)
+            .expect("read op");
+        let lines = events();
+        let untimed = UNTIMED.to_string();
+        let stream = [
+            lines[0].clone(),
+            r#"{"type":"lost","count":17}"#.to_string(),
+            lines[2].clone(),
+            untimed,
+        ];
+        for line in stream {
+            conn.write_all(format!("{line}\n").as_bytes())
+                .expect("write");
+        }
+        // Like the agent: the stream stays open until the client goes.
+        let _ = done_rx.recv_timeout(Duration::from_secs(60));
+        op
+    });
+    let mut child = Command::new(BIN)
+        .args(["observe", "-o", "json"])
+        .env("CNPILOT_AGENT_SOCKET", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn observe");
+    let rx = stdout_lines(&mut child);
+    let got: Vec<serde_json::Value> = (0..3)
+        .map(|_| serde_json::from_str(&next(&rx)).expect("json line"))
+        .collect();
+    let stderr = stop(child);
+    let _ = done_tx.send(());
+    assert_eq!(server.join().expect("server"), "{\"op\":\"events\"}\n");
+    assert_eq!(got[0]["flow"]["verdict"], "FORWARDED");
+    assert_eq!(
+        got[0]["flow"]["source"]["pod_name"],
+        "frontend-app-7d77448bf5-g59cc"
+    );
+    assert_eq!(got[1]["flow"]["l7"]["http"]["code"], 403);
+    assert_eq!(got[1]["flow"]["verdict"], "DROPPED");
+    // No time on the line: stamped on arrival, world named by its label.
+    assert_eq!(got[2]["flow"]["destination"]["labels"][0], "reserved:world");
+    assert_eq!(got[2]["flow"]["drop_reason_desc"], "POLICY_DENY");
+    assert!(got[2]["flow"]["time"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        stderr.contains("cnpilot observe: 17 events lost (this client was too slow)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn follow_prints_lines_appended_to_the_events_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines = events();
+    let path = write_events(dir.path(), &lines[..1]);
+    let mut child = Command::new(BIN)
+        .args(["observe", "--events", &path, "--follow", "--type", "http"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn observe");
+    let rx = stdout_lines(&mut child);
+    assert!(next(&rx).starts_with("TIMESTAMP "));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open for append");
+    // Half a line first: nothing may be printed until its newline.
+    let (head, tail) = lines[2].split_at(40);
+    file.write_all(head.as_bytes()).expect("append");
+    file.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    file.write_all(format!("{tail}\n").as_bytes())
+        .expect("append");
+    let row = next(&rx);
+    let stderr = stop(child);
+    assert!(
+        row.contains("HTTP/1.1 403 POST /api/v1/refunds"),
+        "{row}\n{stderr}"
+    );
+    assert!(row.starts_with("Dec  4 21:00:00.300"), "{row}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
