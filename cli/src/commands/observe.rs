@@ -98,7 +98,7 @@ pub struct ObserveArgs {
     /// Only these verdicts (repeat, or a comma list).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "V")]
     verdict: Vec<Verdict>,
-    /// Only these kinds (repeat, or a comma list).
+    /// Only these types (repeat, or a comma list).
     #[arg(long = "type", value_enum, value_delimiter = ',', value_name = "TYPE")]
     kind: Vec<Kind>,
     /// Only the last N matching flows of what was recorded (with --follow:

@@ -37,11 +37,13 @@ pub enum Verdict {
     Forwarded,
     /// Audit mode: enforcement would have dropped it.
     WouldDrop,
+    /// Dropped by the datapath (enforce mode).
     Dropped,
     /// Allowed at L3/L4 and handed to the L7 proxy.
     Redirected,
     /// Audit mode: the proxy would have answered 403.
     L7WouldDeny,
+    /// The proxy answered 403 (enforce mode).
     L7Denied,
     /// The proxy could not parse the request and passed the bytes on.
     Unparseable,
