@@ -379,3 +379,27 @@ fn follow_prints_lines_appended_to_the_events_file() {
     assert!(row.starts_with("Dec  4 21:00:00.300"), "{row}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[test]
+fn an_agent_that_refuses_the_stream_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut op = String::new();
+        BufReader::new(conn.try_clone().expect("clone"))
+            .read_line(&mut op)
+            .expect("read op");
+        conn.write_all(b"{\"error\":\"unknown op\"}\n")
+            .expect("write");
+    });
+    let out = cnpilot(&["observe", "--socket", path.to_str().expect("utf-8")]);
+    server.join().expect("server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused the event stream: unknown op"),
+        "{stderr}"
+    );
+}

@@ -343,6 +343,8 @@ fn collect(printer: &mut Printer, filter: &Filter, flows: &mut Vec<Flow>, item: 
         Item::Flow(_) => {}
         Item::Lost(n) => printer.lost(n),
         Item::Skipped(line, reason) => printer.skipped(line, &reason),
+        // Sources turn it into an error or a skipped line before this.
+        Item::AgentError(error) => printer.skipped(0, &error),
     }
 }
 
@@ -353,6 +355,8 @@ fn stream(printer: &mut Printer, filter: &Filter, item: Item) -> anyhow::Result<
         Item::Flow(_) => {}
         Item::Lost(n) => printer.lost(n),
         Item::Skipped(line, reason) => printer.skipped(line, &reason),
+        // Sources turn it into an error or a skipped line before this.
+        Item::AgentError(error) => printer.skipped(0, &error),
     }
     Ok(())
 }

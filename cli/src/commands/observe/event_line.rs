@@ -31,6 +31,9 @@ struct RawLine {
     status: Option<u32>,
     /// Only on `lost` lines.
     count: Option<u64>,
+    /// An agent that cannot serve the request says why (not part of the
+    /// event stream proper; read so the user sees the agent's words).
+    error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,11 +58,16 @@ pub enum Line {
     Lost(u64),
     /// A line type this version does not know (a newer agent): skipped.
     Other(String),
+    /// `{"error":"…"}` from the agent.
+    AgentError(String),
 }
 
 /// Parse one line. The error is a short reason for the skipped-lines count.
 pub fn parse(text: &str) -> Result<Line, String> {
     let raw: RawLine = serde_json::from_str(text).map_err(|e| format!("not an event line: {e}"))?;
+    if let (None, Some(error)) = (&raw.kind, raw.error) {
+        return Ok(Line::AgentError(error));
+    }
     let kind = match raw.kind.as_deref() {
         // The agent wrote flow lines without `type` before it had others.
         None | Some("l3-l4") => Kind::L3L4,

@@ -24,6 +24,8 @@ pub enum Item {
     Lost(u64),
     /// A line that is not a usable event: its number and why.
     Skipped(u64, String),
+    /// The agent refused the request (`{"error":"…"}`).
+    AgentError(String),
 }
 
 /// Receives items; an error stops the source.
@@ -47,6 +49,7 @@ fn item_of(number: u64, bytes: &[u8]) -> Option<Item> {
         Ok(Line::Flow(f)) => Item::Flow(f),
         Ok(Line::Lost(n)) => Item::Lost(n),
         Ok(Line::Other(kind)) => Item::Skipped(number, format!("unknown event type `{kind}`")),
+        Ok(Line::AgentError(error)) => Item::AgentError(error),
         Err(reason) => Item::Skipped(number, reason),
     })
 }
@@ -70,8 +73,12 @@ fn feed_lines(
         }
         consumed += n as u64;
         number += 1;
-        if let Some(item) = item_of(number, &buf) {
-            sink(item)?;
+        match item_of(number, &buf) {
+            Some(Item::AgentError(error)) => {
+                sink(Item::Skipped(number, format!("an agent's error: {error}")))?
+            }
+            Some(item) => sink(item)?,
+            None => {}
         }
     }
 }
@@ -171,6 +178,12 @@ pub fn live(socket: &Path, sink: &mut Sink<'_>) -> anyhow::Result<()> {
             Some(Item::Flow(mut f)) => {
                 f.time_ns.get_or_insert_with(now_ns);
                 sink(Item::Flow(f))?;
+            }
+            Some(Item::AgentError(error)) => {
+                bail!(
+                    "the agent at {} refused the event stream: {error}",
+                    socket.display()
+                )
             }
             Some(item) => sink(item)?,
             None => {}
