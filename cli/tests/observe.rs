@@ -403,3 +403,41 @@ fn an_agent_that_refuses_the_stream_is_an_error_naming_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn table_of_an_events_file_is_aligned_and_filtered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lines = events();
+    lines.insert(1, "not json".into());
+    let events = write_events(dir.path(), &lines);
+    let out = cnpilot(&[
+        "observe", "--events", &events, "--type", "http", "--last", "1",
+    ]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).expect("utf-8");
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(
+        rows[0].find("VERDICT"),
+        rows[1].find("L7-DENIED"),
+        "{table}"
+    );
+    assert!(rows[1].starts_with("Dec  4 21:00:00.300  web/frontend-app-7d77448bf5-g59cc:41000  payments/payments-api-0:8080  http  L7-DENIED  HTTP/1.1 403 POST /api/v1/refunds, denied"), "{table}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipping line 2: not an event line"),
+        "{stderr}"
+    );
+
+    let out = cnpilot(&[
+        "observe",
+        "--events",
+        &events,
+        "-n",
+        "kube-system",
+        "--verdict",
+        "dropped",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no flow matched"));
+}

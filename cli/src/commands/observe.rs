@@ -6,28 +6,27 @@ mod event_line;
 mod filter;
 mod hubble_json;
 mod model;
+mod printer;
 mod source;
 mod table;
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
-use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::bail;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use self::filter::{Filter, PodRef};
 use self::model::{Flow, Kind, Verdict};
+use self::printer::{Format, Printer};
 use self::source::Item;
 use crate::commands::learn::parse_time;
 use crate::Outcome;
 
 const DEFAULT_SOCKET: &str = "/run/cnpilot/agent.sock";
 const SOCKET_ENV: &str = "CNPILOT_AGENT_SOCKET";
-/// Unreadable lines reported one by one before only counting them.
-const SKIPS_SHOWN: u64 = 3;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -52,12 +51,6 @@ Verdicts: the table shows cnpilot's (FORWARDED, WOULD-DROP, DROPPED,
 REDIRECTED, L7-WOULD-DENY, L7-DENIED, UNPARSEABLE); -o json writes Hubble's:
 would-drop and l7-would-deny are AUDIT (Cilium's audit mode), dropped and
 l7-denied DROPPED, the rest FORWARDED or REDIRECTED. Times are UTC.";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Table,
-    Json,
-}
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
@@ -116,128 +109,6 @@ enum Source {
     Stores(Vec<PathBuf>),
 }
 
-/// Writes flows as they come and counts what it could not show.
-struct Printer {
-    out: BufWriter<io::StdoutLock<'static>>,
-    format: Format,
-    /// Fixed column widths and a flush per line while following.
-    follow: bool,
-    header_done: bool,
-    printed: u64,
-    untimed: u64,
-    skipped: u64,
-    lost: u64,
-}
-
-impl Printer {
-    fn new(format: Format, follow: bool) -> Self {
-        Self {
-            out: BufWriter::new(io::stdout().lock()),
-            format,
-            follow,
-            header_done: false,
-            printed: 0,
-            untimed: 0,
-            skipped: 0,
-            lost: 0,
-        }
-    }
-
-    fn skipped(&mut self, line: u64, reason: &str) {
-        self.skipped += 1;
-        if self.skipped <= SKIPS_SHOWN {
-            eprintln!("cnpilot observe: skipping line {line}: {reason}");
-        }
-    }
-
-    fn lost(&mut self, n: u64) {
-        self.lost += n;
-        eprintln!("cnpilot observe: {n} events lost (this client was too slow)");
-    }
-
-    /// Prints a batch aligned to its widest cells (table), or line by line.
-    fn batch(&mut self, flows: &[Flow]) -> io::Result<()> {
-        if self.format == Format::Json || self.follow {
-            if self.format == Format::Table {
-                // The header tells a follower the stream is up even when
-                // nothing recorded so far matches.
-                self.header()?;
-            }
-            for f in flows {
-                self.flow(f)?;
-            }
-            return self.out.flush();
-        }
-        let rows: Vec<[String; 6]> = flows.iter().map(table::cells).collect();
-        let header = table::header();
-        let widths = table::widths(&rows);
-        for row in std::iter::once(&header).chain(&rows) {
-            writeln!(self.out, "{}", table::render(row, &widths))?;
-        }
-        self.printed += rows.len() as u64;
-        self.header_done = true;
-        self.out.flush()
-    }
-
-    fn flow(&mut self, f: &Flow) -> io::Result<()> {
-        match self.format {
-            Format::Json => match hubble_json::to_line(f) {
-                Some(line) => writeln!(self.out, "{line}")?,
-                None => {
-                    self.untimed += 1;
-                    return Ok(());
-                }
-            },
-            Format::Table => {
-                self.header()?;
-                writeln!(
-                    self.out,
-                    "{}",
-                    table::render(&table::cells(f), &table::FOLLOW_WIDTHS)
-                )?;
-            }
-        }
-        self.printed += 1;
-        if self.follow {
-            self.out.flush()?;
-        }
-        Ok(())
-    }
-
-    fn header(&mut self) -> io::Result<()> {
-        if !self.header_done {
-            let header = table::render(&table::header(), &table::FOLLOW_WIDTHS);
-            writeln!(self.out, "{header}")?;
-            self.header_done = true;
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> io::Result<()> {
-        self.out.flush()?;
-        if self.printed == 0 && self.untimed == 0 && !self.follow {
-            eprintln!("cnpilot observe: no flow matched");
-        }
-        if self.skipped > SKIPS_SHOWN {
-            eprintln!(
-                "cnpilot observe: skipped {} unreadable line(s) in all",
-                self.skipped
-            );
-        }
-        if self.untimed > 0 {
-            eprintln!(
-                "cnpilot observe: left {} flow(s) without a wall-clock time out of -o json \
-                 (lines of an agent that wrote only the monotonic time_ns)",
-                self.untimed
-            );
-        }
-        if self.lost > 0 {
-            eprintln!("cnpilot observe: {} events lost in all", self.lost);
-        }
-        Ok(())
-    }
-}
-
 fn source_of(args: &ObserveArgs) -> anyhow::Result<Source> {
     if let Some(events) = &args.events {
         return Ok(Source::Events(events.clone()));
@@ -284,21 +155,38 @@ fn filter_of(args: &ObserveArgs) -> anyhow::Result<Filter> {
     })
 }
 
-/// The last `n` flows (all of them with `None`).
-fn last_n(flows: impl IntoIterator<Item = Flow>, n: Option<usize>) -> Vec<Flow> {
-    let Some(n) = n else {
-        return flows.into_iter().collect();
-    };
-    let mut window = VecDeque::with_capacity(n.min(1 << 16));
-    for f in flows {
-        if window.len() == n {
-            window.pop_front();
-        }
-        if n > 0 {
-            window.push_back(f);
+/// Recorded flows that match, or the last N of them.
+struct History {
+    flows: VecDeque<Flow>,
+    last: Option<usize>,
+}
+
+impl History {
+    fn new(last: Option<usize>) -> Self {
+        Self {
+            flows: VecDeque::new(),
+            last,
         }
     }
-    window.into()
+
+    /// Keep what matches, report the rest.
+    fn add(&mut self, printer: &mut Printer, filter: &Filter, item: Item) {
+        match item {
+            Item::Flow(f) if filter.matches(&f) => {
+                if self.last == Some(self.flows.len()) {
+                    self.flows.pop_front();
+                }
+                if self.last != Some(0) {
+                    self.flows.push_back(*f);
+                }
+            }
+            other => report(printer, other),
+        }
+    }
+
+    fn print(self, printer: &mut Printer) -> std::io::Result<()> {
+        self.flows.iter().try_for_each(|f| printer.flow(f))
+    }
 }
 
 pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
@@ -306,26 +194,36 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
     let filter = filter_of(&args)?;
     let follow = args.follow || matches!(source, Source::Live(_));
     let mut printer = Printer::new(args.output, follow);
+    if follow {
+        printer.start_following()?;
+    }
     match source {
         Source::Stores(dirs) => {
             let flows = source::read_stores(&dirs, filter.since_ns, &|f| filter.matches(f))?;
-            printer.batch(&last_n(flows, args.last))?;
+            let skip = args.last.map_or(0, |n| flows.len().saturating_sub(n));
+            for f in &flows[skip..] {
+                printer.flow(f)?;
+            }
+        }
+        // Without --last, nothing needs keeping: print as it is read.
+        Source::Events(path) if !args.follow && args.last.is_none() => {
+            source::read_events(&path, &mut |item| stream(&mut printer, &filter, item))?;
         }
         Source::Events(path) if !args.follow => {
-            let mut flows = Vec::new();
+            let mut history = History::new(args.last);
             source::read_events(&path, &mut |item| {
-                collect(&mut printer, &filter, &mut flows, item);
+                history.add(&mut printer, &filter, item);
                 Ok(())
             })?;
-            printer.batch(&last_n(flows, args.last))?;
+            history.print(&mut printer)?;
         }
         Source::Events(path) => {
-            let mut history = Vec::new();
+            let mut history = History::new(args.last);
             let tail = source::Tail::start(&path, &mut |item| {
-                collect(&mut printer, &filter, &mut history, item);
+                history.add(&mut printer, &filter, item);
                 Ok(())
             })?;
-            printer.batch(&last_n(history, args.last))?;
+            history.print(&mut printer)?;
             tail.follow(&mut |item| stream(&mut printer, &filter, item))?;
         }
         Source::Live(socket) => {
@@ -336,10 +234,9 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// History: keep what matches for the batch, report the rest.
-fn collect(printer: &mut Printer, filter: &Filter, flows: &mut Vec<Flow>, item: Item) {
+/// What is not a flow: counted and shown on stderr.
+fn report(printer: &mut Printer, item: Item) {
     match item {
-        Item::Flow(f) if filter.matches(&f) => flows.push(*f),
         Item::Flow(_) => {}
         Item::Lost(n) => printer.lost(n),
         Item::Skipped(line, reason) => printer.skipped(line, &reason),
@@ -348,15 +245,11 @@ fn collect(printer: &mut Printer, filter: &Filter, flows: &mut Vec<Flow>, item: 
     }
 }
 
-/// Following: print what matches as it comes.
+/// Print what matches as it comes.
 fn stream(printer: &mut Printer, filter: &Filter, item: Item) -> anyhow::Result<()> {
     match item {
         Item::Flow(f) if filter.matches(&f) => printer.flow(&f)?,
-        Item::Flow(_) => {}
-        Item::Lost(n) => printer.lost(n),
-        Item::Skipped(line, reason) => printer.skipped(line, &reason),
-        // Sources turn it into an error or a skipped line before this.
-        Item::AgentError(error) => printer.skipped(0, &error),
+        other => report(printer, other),
     }
     Ok(())
 }
