@@ -156,11 +156,8 @@ fn peer(ns: &str, workload: &str, identity: u32, ip: &str) -> Peer {
     }
 }
 
-#[test]
-fn store_to_hubble_json_to_import_keeps_the_records() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let original = dir.path().join("original");
-    let records: Vec<FlowRecord> = (0..3)
+fn store_records(n: i64) -> Vec<FlowRecord> {
+    (0..n)
         .map(|i| FlowRecord {
             window_start_ns: 1_796_418_000_000_000_000 + i * 1_000_000,
             window_end_ns: 1_796_418_000_000_000_000 + i * 1_000_000,
@@ -181,7 +178,14 @@ fn store_to_hubble_json_to_import_keeps_the_records() {
             bytes: 0,
             count: 1,
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn store_to_hubble_json_to_import_keeps_the_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = dir.path().join("original");
+    let records = store_records(3);
     let mut s = FlowStore::open(&original).expect("open store");
     // Appended out of order: observe sorts a store by time.
     s.append(&[records[2].clone(), records[0].clone(), records[1].clone()])
@@ -235,7 +239,7 @@ fn bad_input_is_a_one_line_error_with_exit_2() {
             "would-drop",
         ),
         (&["observe", "--events", "x", "--type", "kafka"], "l3-l4"),
-        (&["observe", "--store", "x", "--follow"], "--follow"),
+        (&["observe", "--socket", "x", "--last", "3"], "--last"),
         (
             &["observe", "--events", "x", "--from-pod", "web"],
             "NAMESPACE/POD",
@@ -440,4 +444,40 @@ fn table_of_an_events_file_is_aligned_and_filtered() {
     ]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no flow matched"));
+}
+
+#[test]
+fn follow_on_a_store_prints_segments_written_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let records = store_records(3);
+    let mut s = FlowStore::open(&path).expect("open store");
+    s.append(&records[..1]).expect("append");
+    s.close().expect("close");
+    let mut child = Command::new(BIN)
+        .args([
+            "observe",
+            "--store",
+            path.to_str().expect("utf-8"),
+            "--follow",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn observe");
+    let rx = stdout_lines(&mut child);
+    let first: serde_json::Value = serde_json::from_str(&next(&rx)).expect("json");
+    assert_eq!(first["flow"]["verdict"], "FORWARDED");
+    // A later writer (the agent flushes every 10 s) adds a segment.
+    let mut s = FlowStore::open(&path).expect("reopen store");
+    s.append(&records[1..]).expect("append");
+    s.close().expect("close");
+    let later: Vec<serde_json::Value> = (0..2)
+        .map(|_| serde_json::from_str(&next(&rx)).expect("json"))
+        .collect();
+    let stderr = stop(child);
+    assert_eq!(later[0]["flow"]["verdict"], "AUDIT", "{stderr}");
+    assert_eq!(later[1]["flow"]["verdict"], "DROPPED", "{stderr}");
 }

@@ -41,6 +41,7 @@ Examples:
   # A flow store (`record --store`, `import hubble`), last 20 flows of the last hour
   cnpilot observe --store store/ --since 1h --last 20
   cnpilot observe --store store/ --from-pod web/frontend-app --to-namespace payments
+  cnpilot observe --store store/ --follow --verdict would-drop
 
   # Hubble's JSON, for jq or for `import hubble` elsewhere
   cnpilot observe --events events.jsonl -o json | jq -c '.flow.verdict'
@@ -65,7 +66,8 @@ pub struct ObserveArgs {
     /// A flow store directory; repeat to read several nodes' stores together.
     #[arg(long, value_name = "DIR")]
     store: Vec<PathBuf>,
-    /// Keep printing what is appended to --events FILE (like `tail -f`).
+    /// Keep printing what is appended to --events FILE (like `tail -f`), or
+    /// the segments a writer adds to --store DIR (every 10 s for the agent).
     #[arg(short = 'f', long)]
     follow: bool,
     /// Only flows since this time: a duration back from now (30s, 5m, 1h,
@@ -114,9 +116,6 @@ fn source_of(args: &ObserveArgs) -> anyhow::Result<Source> {
         return Ok(Source::Events(events.clone()));
     }
     if !args.store.is_empty() {
-        if args.follow {
-            bail!("--follow reads what is appended to an events file or the agent's socket; a flow store is read once (use --events FILE --follow, or no source for live events)");
-        }
         return Ok(Source::Stores(args.store.clone()));
     }
     if args.last.is_some() {
@@ -199,10 +198,14 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
     }
     match source {
         Source::Stores(dirs) => {
-            let flows = source::read_stores(&dirs, filter.since_ns, &|f| filter.matches(f))?;
+            let keep = |f: &Flow| filter.matches(f);
+            let (flows, stores) = source::Stores::read(&dirs, filter.since_ns, &keep)?;
             let skip = args.last.map_or(0, |n| flows.len().saturating_sub(n));
             for f in &flows[skip..] {
                 printer.flow(f)?;
+            }
+            if args.follow {
+                stores.follow(&keep, &mut |f| Ok(printer.flow(f)?))?;
             }
         }
         // Without --last, nothing needs keeping: print as it is read.

@@ -1,6 +1,8 @@
 //! Where flows come from: the agent's socket (live), an events file (read
-//! once, or tailed), or flow stores (read once, sorted by time).
+//! once, or tailed), or flow stores (read sorted by time, or polled for
+//! new segments).
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixStream;
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use cnpilot_learner::store;
+use cnpilot_learner::{store, FlowRecord};
 
 use super::event_line::{self, Line};
 use super::model::{self, Flow};
@@ -191,35 +193,87 @@ pub fn live(socket: &Path, sink: &mut Sink<'_>) -> anyhow::Result<()> {
     }
 }
 
-/// Every record of the stores since `since_ns` that `keep` accepts, as
-/// flows sorted by time. Reads a segment at a time so that only the kept
-/// flows stay in memory.
-pub fn read_stores(
-    dirs: &[PathBuf],
-    since_ns: Option<i64>,
-    keep: &dyn Fn(&Flow) -> bool,
-) -> anyhow::Result<Vec<Flow>> {
-    for dir in dirs {
-        if !dir.is_dir() {
-            bail!("{}: no such flow store directory", dir.display());
+/// Flow stores, read once, then polled for new segments with --follow.
+pub struct Stores {
+    dirs: Vec<PathBuf>,
+    /// Segments already read (or skipped as unreadable).
+    seen: HashSet<PathBuf>,
+}
+
+/// How often followed stores are checked for new segments (the agent
+/// writes one every 10 s).
+const STORE_POLL: Duration = Duration::from_secs(1);
+
+fn read_segment(segment: &PathBuf) -> anyhow::Result<Vec<FlowRecord>> {
+    let frame = store::lazy_segments(std::slice::from_ref(segment))?
+        .collect()
+        .with_context(|| format!("reading {}", segment.display()))?;
+    store::frame_to_records(&frame).with_context(|| format!("reading {}", segment.display()))
+}
+
+impl Stores {
+    /// Every record of the stores since `since_ns` that `keep` accepts, as
+    /// flows sorted by time. Reads a segment at a time so that only the
+    /// kept flows stay in memory.
+    pub fn read(
+        dirs: &[PathBuf],
+        since_ns: Option<i64>,
+        keep: &dyn Fn(&Flow) -> bool,
+    ) -> anyhow::Result<(Vec<Flow>, Self)> {
+        let mut seen = HashSet::new();
+        for dir in dirs {
+            if !dir.is_dir() {
+                bail!("{}: no such flow store directory", dir.display());
+            }
+            // Listed before reading: a segment written meanwhile is new.
+            seen.extend(store::segment_files(dir)?);
+        }
+        let (segments, report) = store::readable_segments(dirs, since_ns)?;
+        for (path, reason) in &report.skipped {
+            eprintln!(
+                "cnpilot observe: warning: skipped unreadable segment {}: {reason}",
+                path.display()
+            );
+        }
+        let mut flows = Vec::new();
+        for segment in segments.iter().filter(|s| seen.contains(*s)) {
+            let records = read_segment(segment)?;
+            flows.extend(records.iter().map(model::from_record).filter(|f| keep(f)));
+        }
+        flows.sort_by_key(|f| f.time_ns);
+        let stores = Self {
+            dirs: dirs.to_vec(),
+            seen,
+        };
+        Ok((flows, stores))
+    }
+
+    /// The records of segments written from now on, forever, sorted by
+    /// time within each poll. Records the writer has not turned into a
+    /// segment yet (its write-ahead file) are not visible to readers.
+    pub fn follow(
+        mut self,
+        keep: &dyn Fn(&Flow) -> bool,
+        sink: &mut dyn FnMut(&Flow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        loop {
+            std::thread::sleep(STORE_POLL);
+            let mut flows = Vec::new();
+            for dir in &self.dirs {
+                for segment in store::segment_files(dir)? {
+                    if !self.seen.insert(segment.clone()) {
+                        continue;
+                    }
+                    match read_segment(&segment) {
+                        Ok(records) => {
+                            flows.extend(records.iter().map(model::from_record).filter(|f| keep(f)))
+                        }
+                        Err(e) => eprintln!("cnpilot observe: warning: skipped segment: {e:#}"),
+                    }
+                }
+            }
+            flows.sort_by_key(|f| f.time_ns);
+            flows.iter().try_for_each(&mut *sink)?;
         }
     }
-    let (segments, report) = store::readable_segments(dirs, since_ns)?;
-    for (path, reason) in &report.skipped {
-        eprintln!(
-            "cnpilot observe: warning: skipped unreadable segment {}: {reason}",
-            path.display()
-        );
-    }
-    let mut flows = Vec::new();
-    for segment in &segments {
-        let frame = store::lazy_segments(std::slice::from_ref(segment))?
-            .collect()
-            .with_context(|| format!("reading {}", segment.display()))?;
-        let records = store::frame_to_records(&frame)
-            .with_context(|| format!("reading {}", segment.display()))?;
-        flows.extend(records.iter().map(model::from_record).filter(|f| keep(f)));
-    }
-    flows.sort_by_key(|f| f.time_ns);
-    Ok(flows)
 }
