@@ -87,7 +87,8 @@ fn feed_lines(
 
 /// Every line of an events file, once.
 pub fn read_events(path: &Path, sink: &mut Sink<'_>) -> anyhow::Result<()> {
-    feed_lines(&mut BufReader::new(open(path)?), 0, true, sink)?;
+    feed_lines(&mut BufReader::new(open(path)?), 0, true, sink)
+        .with_context(|| format!("reading events file {}", path.display()))?;
     Ok(())
 }
 
@@ -103,7 +104,8 @@ impl Tail {
     /// end.
     pub fn start(path: &Path, history: &mut Sink<'_>) -> anyhow::Result<Self> {
         let file = open(path)?;
-        let (offset, lines) = feed_lines(&mut BufReader::new(file), 0, false, history)?;
+        let (offset, lines) = feed_lines(&mut BufReader::new(file), 0, false, history)
+            .with_context(|| format!("reading events file {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             offset,
@@ -130,7 +132,8 @@ impl Tail {
                 file.seek(SeekFrom::Start(self.offset))
                     .with_context(|| format!("reading {}", path.display()))?;
                 let mut chunk = BufReader::new((&mut file).take(len - self.offset));
-                let (n, l) = feed_lines(&mut chunk, self.lines, false, sink)?;
+                let (n, l) = feed_lines(&mut chunk, self.lines, false, sink)
+                    .with_context(|| format!("reading events file {}", path.display()))?;
                 self.offset += n;
                 self.lines += l;
             }
