@@ -39,15 +39,12 @@ struct RawLine {
 #[derive(Debug, Deserialize)]
 struct RawPeer {
     ip: Option<IpAddr>,
-    #[serde(default)]
-    port: u16,
-    #[serde(default)]
-    identity: u32,
+    port: Option<u16>,
+    identity: Option<u32>,
     name: Option<String>,
     namespace: Option<String>,
     pod: Option<String>,
-    #[serde(default)]
-    labels: Vec<String>,
+    labels: Option<Vec<String>>,
 }
 
 /// What one line is.
@@ -144,6 +141,7 @@ pub fn parse(text: &str) -> Result<Line, String> {
 /// `name` is `ns/workload` for pods, an entity name (`world`, or
 /// `reserved:world`) for reserved identities, `identity-N` otherwise.
 fn endpoint(raw: RawPeer) -> Endpoint {
+    let identity = raw.identity.unwrap_or(0);
     let name = raw.name.unwrap_or_default();
     let (name_ns, workload) = match name.split_once('/') {
         Some((ns, w)) if !ns.is_empty() && !w.is_empty() => {
@@ -151,18 +149,18 @@ fn endpoint(raw: RawPeer) -> Endpoint {
         }
         _ => (None, None),
     };
-    let mut labels = raw.labels;
+    let mut labels = raw.labels.unwrap_or_default();
     if labels.is_empty() {
         // A reserved peer is known by its label alone; give it the one
         // Hubble shows, so `import hubble` names it the same way.
-        if let Some(r) = ReservedIdentity::from_number(raw.identity) {
+        if let Some(r) = ReservedIdentity::from_number(identity) {
             labels.push(format!("reserved:{}", r.name()));
         }
     }
     Endpoint {
         ip: raw.ip,
-        port: raw.port,
-        identity: raw.identity,
+        port: raw.port.unwrap_or(0),
+        identity,
         namespace: raw.namespace.filter(|n| !n.is_empty()).or(name_ns),
         workload,
         pod: raw.pod.filter(|p| !p.is_empty()),
@@ -214,6 +212,9 @@ mod tests {
             Ok(Line::Other("kafka".into()))
         );
         assert!(parse("{").is_err());
+        // Nulls where values were expected read as absent.
+        let nulls = r#"{"verdict":"forwarded","proto":"tcp","src":{"ip":null,"port":null,"identity":null,"name":null,"labels":null},"dst":{}}"#;
+        assert!(matches!(parse(nulls), Ok(Line::Flow(_))));
         assert!(
             parse(r#"{"verdict":"maybe","proto":"tcp","src":{},"dst":{}}"#)
                 .unwrap_err()
