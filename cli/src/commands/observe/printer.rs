@@ -16,7 +16,11 @@ const SKIPS_SHOWN: u64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Hubble's table, with cnpilot's verdicts.
     Table,
+    /// Hubble's `observe -o json` lines (alias `jsonpb`: the same output
+    /// since hubble 0.11).
+    #[value(alias = "jsonpb")]
     Json,
 }
 
