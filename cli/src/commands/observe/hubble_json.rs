@@ -7,7 +7,8 @@
 //! `REDIRECTED`; would-drop and l7-would-deny → `AUDIT` (what Cilium's
 //! policy audit mode emits); dropped and l7-denied → `DROPPED`; unparseable
 //! HTTP (passed on as bytes) → `FORWARDED`. Drop reasons: default-deny and
-//! proxy-bypassed → `POLICY_DENIED` (133), deny-rule → `POLICY_DENY` (181);
+//! proxy-bypassed → `POLICY_DENIED` (133), deny-rule → `POLICY_DENY` (181),
+//! Cilium's names (from an imported store) unchanged;
 //! Cilium leaves them off audit verdicts, this keeps them so the reason
 //! survives. An HTTP exchange is one `REQUEST` record carrying the response
 //! code, since the agent sees the pair as one event.
@@ -50,14 +51,16 @@ struct HubbleFlow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     traffic_direction: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    drop_reason_desc: Option<&'static str>,
+    drop_reason_desc: Option<&'a str>,
     is_reply: bool,
 }
 
 #[derive(Serialize)]
 struct Ip {
-    source: IpAddr,
-    destination: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<IpAddr>,
     #[serde(rename = "ipVersion")]
     ip_version: &'static str,
 }
@@ -172,14 +175,28 @@ pub fn hubble_verdict(v: Verdict) -> &'static str {
     }
 }
 
-/// Cilium's drop reason (code, name) for an L3/L4 (would-)drop.
-fn drop_reason(flow: &Flow) -> Option<(u32, &'static str)> {
+/// Cilium's drop reason (code, name) for an L3/L4 (would-)drop. Store
+/// records imported from Hubble already carry Cilium's name (or `drop
+/// reason N` for a code without one), which is kept.
+fn drop_reason(flow: &Flow) -> Option<(Option<u32>, Option<&str>)> {
     if flow.kind != Kind::L3L4 || !matches!(flow.verdict, Verdict::WouldDrop | Verdict::Dropped) {
         return None;
     }
-    Some(match flow.reason.as_str() {
-        "deny-rule" => (181, "POLICY_DENY"),
-        _ => (133, "POLICY_DENIED"),
+    let reason = flow.reason.as_str();
+    if reason.is_empty() {
+        // Unknown (a Hubble audit record has none): nothing to make up.
+        return None;
+    }
+    let cilium_name = reason
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    Some(match reason {
+        "deny-rule" | "POLICY_DENY" => (Some(181), Some("POLICY_DENY")),
+        _ if cilium_name => (None, Some(reason)),
+        _ => match reason.strip_prefix("drop reason ").map(str::parse) {
+            Some(Ok(code)) => (Some(code), None),
+            _ => (Some(133), Some("POLICY_DENIED")),
+        },
     })
 }
 
@@ -242,14 +259,12 @@ pub fn rfc3339(ns: i64) -> String {
 /// flows need one, and a made-up time would mislead whatever reads it).
 pub fn to_line(flow: &Flow) -> Option<String> {
     let time = rfc3339(flow.time_ns?);
-    let ip = match (flow.src.ip, flow.dst.ip) {
-        (Some(source), Some(destination)) => Some(Ip {
-            source,
-            destination,
-            ip_version: if source.is_ipv6() { "IPv6" } else { "IPv4" },
-        }),
-        _ => None,
-    };
+    // A field-masked Hubble export may have kept one address only.
+    let ip = flow.src.ip.or(flow.dst.ip).map(|any| Ip {
+        source: flow.src.ip,
+        destination: flow.dst.ip,
+        ip_version: if any.is_ipv6() { "IPv6" } else { "IPv4" },
+    });
     let l7 = match flow.kind {
         Kind::L3L4 => None,
         Kind::Http => Some(L7 {
@@ -280,7 +295,7 @@ pub fn to_line(flow: &Flow) -> Option<String> {
         },
         (_, Some((code, _)), Verdict::Dropped) => EventType {
             kind: 1,
-            sub_type: code,
+            sub_type: code.unwrap_or(0),
         },
         _ => EventType {
             kind: 5,
@@ -292,7 +307,7 @@ pub fn to_line(flow: &Flow) -> Option<String> {
         flow: HubbleFlow {
             time: time.clone(),
             verdict: hubble_verdict(flow.verdict),
-            drop_reason: reason.map(|r| r.0),
+            drop_reason: reason.and_then(|r| r.0),
             ip,
             l4: l4(flow),
             source: endpoint(&flow.src),
@@ -310,7 +325,7 @@ pub fn to_line(flow: &Flow) -> Option<String> {
                 Some(Direction::Egress) => Some("EGRESS"),
                 _ => None,
             },
-            drop_reason_desc: reason.map(|r| r.1),
+            drop_reason_desc: reason.and_then(|r| r.1),
             is_reply: false,
         },
         node_name: node,
