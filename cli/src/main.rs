@@ -26,8 +26,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Least-privilege, L7-aware Cilium network policy for brownfield clusters,
 /// learned from real traffic with eBPF.
 ///
-/// The loop: observe in audit mode (`agent`, `record`, `import hubble`),
-/// learn the flow table (`learn`), check and test policy (`policy`), and run
+/// The loop: observe in audit mode (`agent`, `record`, `import hubble`;
+/// watch the flows with `observe`), learn the flow table (`learn`), check and test policy (`policy`), and run
 /// all of it on one machine with the network-namespace `lab`; then
 /// `recommend` least-privilege policies, `review`, `diff` and `explain` them.
 #[derive(Debug, Parser)]
@@ -67,6 +67,8 @@ enum Command {
     Wizard(commands::wizard::WizardArgs),
     /// Run the agent for a fixed window and store what it saw.
     Record(commands::agent::RecordArgs),
+    /// Flows as Hubble shows them: live from the agent, or recorded.
+    Observe(commands::observe::ObserveArgs),
     /// Import flows recorded elsewhere (Hubble) into a flow store.
     #[command(subcommand)]
     Import(commands::learn::ImportCommand),
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
         Command::Wizard(args) => commands::wizard::run(args),
         Command::Rollback(args) => commands::enforce::run_rollback(args),
         Command::Status(args) => commands::enforce::run_status(args),
+        Command::Observe(args) => commands::observe::run(args),
         Command::Import(cmd) => commands::learn::run_import(cmd),
         Command::Learn(args) => commands::learn::run_learn(args),
         Command::Recommend(args) => commands::recommend::run(args),
@@ -133,6 +136,7 @@ impl Command {
                 | Command::Mode(_)
                 | Command::Status(_)
                 | Command::Import(_)
+                | Command::Observe(_)
                 | Command::Recommend(_)
                 | Command::Review(_)
                 | Command::Diff(_)

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod enforce;
 pub mod explain;
 pub mod learn;
+pub mod observe;
 pub mod policy;
 pub mod recommend;
 pub mod review;
