@@ -14,6 +14,8 @@ command -v nft >/dev/null || need+=(nftables)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v curl >/dev/null || need+=(curl)
 command -v ab >/dev/null || need+=(apache2-utils)
+# The wizard's interactive test drives a real terminal.
+command -v tmux >/dev/null || need+=(tmux)
 # asm/types.h for the BPF target comes from the multiarch kernel headers.
 [ -e /usr/include/asm/types.h ] || [ -e "/usr/include/$(uname -m)-linux-gnu/asm/types.h" ] || need+=(linux-libc-dev)
 
