@@ -7,6 +7,19 @@ use std::process::{Command, Stdio};
 
 use crate::{cnpilot_bin, Lab};
 
+/// A root-tier test's seed lab, up, and a scratch directory; `None` (with
+/// the loud skip line) where root tiers cannot run.
+pub fn seed_lab(test: &str) -> Option<(Lab, tempfile::TempDir)> {
+    if !cnpilot_bpf::testing::privileged_tests_enabled(test) {
+        return None;
+    }
+    let lab = Lab::new();
+    let work = tempfile::tempdir().expect("temp dir");
+    let up = lab.cnpilot(&["lab", "up", "--scenario", "seed"]);
+    assert!(up.status.success(), "lab up failed");
+    Some((lab, work))
+}
+
 /// `cnpilot record` for `seconds` while the scenario's clients talk.
 pub fn record(lab: &Lab, store: &Path, current: Option<&Path>, seconds: u32) {
     let pin = format!("/sys/fs/bpf/cnpilot-{}", lab.prefix);

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cnpilot_bpf::testing::privileged_tests_enabled;
-use cnpilot_e2e::steps::{recommend, record, NewPod};
+use cnpilot_e2e::steps::{recommend, record, seed_lab, NewPod};
 use cnpilot_e2e::{cnpilot_bin, Lab, SeedAgent};
 
 fn enforce(lab: &Lab, agent: &SeedAgent<'_>, args: &[&str], log: &Path) -> Child {
@@ -95,15 +94,10 @@ fn others_audit(status: &serde_json::Value) {
 
 #[test]
 fn staged_enforce_resumes_finishes_and_rolls_back_by_itself() {
-    if !privileged_tests_enabled("staged_enforce_resumes_finishes_and_rolls_back_by_itself") {
+    let Some((lab, work)) = seed_lab("staged_enforce_resumes_finishes_and_rolls_back_by_itself")
+    else {
         return;
-    }
-    let lab = Lab::new();
-    let work = tempfile::tempdir().unwrap();
-    assert!(lab
-        .cnpilot(&["lab", "up", "--scenario", "seed"])
-        .status
-        .success());
+    };
     let store = work.path().join("store");
     record(&lab, &store, None, 12);
     let proposed = work.path().join("proposed");

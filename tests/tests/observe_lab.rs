@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cnpilot_bpf::testing::privileged_tests_enabled;
-use cnpilot_e2e::{cnpilot_bin, Lab, SeedAgent};
+use cnpilot_e2e::steps::seed_lab;
+use cnpilot_e2e::{cnpilot_bin, SeedAgent};
 
 fn socket_of(agent: &SeedAgent<'_>) -> String {
     let name = agent
@@ -22,15 +22,10 @@ fn socket_of(agent: &SeedAgent<'_>) -> String {
 
 #[test]
 fn observe_live_and_a_slow_client_loses_events_not_the_agent() {
-    if !privileged_tests_enabled("observe_live_and_a_slow_client_loses_events_not_the_agent") {
+    let Some((lab, work)) = seed_lab("observe_live_and_a_slow_client_loses_events_not_the_agent")
+    else {
         return;
-    }
-    let lab = Lab::new();
-    let work = tempfile::tempdir().unwrap();
-    assert!(lab
-        .cnpilot(&["lab", "up", "--scenario", "seed"])
-        .status
-        .success());
+    };
     let agent = SeedAgent::start(&lab, work.path());
     let socket = socket_of(&agent);
     let mode = std::fs::metadata(&socket).unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cnpilot_bpf::testing::privileged_tests_enabled;
+use cnpilot_e2e::steps::seed_lab;
 use cnpilot_e2e::{cnpilot_bin, Lab};
 
 fn status_of(lab: &Lab, pin: &str, ns: &str) -> (String, String) {
@@ -107,15 +107,9 @@ fn wizard(lab: &Lab, pin: &str, work: &Path, extra: &[&str]) -> std::process::Ou
 
 #[test]
 fn wizard_migrates_scripted_then_interactive() {
-    if !privileged_tests_enabled("wizard_migrates_scripted_then_interactive") {
+    let Some((lab, work)) = seed_lab("wizard_migrates_scripted_then_interactive") else {
         return;
-    }
-    let lab = Lab::new();
-    let work = tempfile::tempdir().unwrap();
-    assert!(lab
-        .cnpilot(&["lab", "up", "--scenario", "seed"])
-        .status
-        .success());
+    };
     let pin = format!("/sys/fs/bpf/cnpilot-{}", lab.prefix);
 
     // Scripted: flags only, no terminal.
