@@ -52,6 +52,10 @@ enum Command {
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Load the eBPF programs, attach them to every pod, record (long-running).
+    ///
+    /// One agent per --pin-dir: a second one refuses to start and names the
+    /// running one's pid (a lock next to its socket in /run/cnpilot; a
+    /// killed agent's lock goes with it, so restarts are never blocked).
     Agent(commands::agent::AgentArgs),
     /// Flip one namespace between off, audit and enforce (one map update).
     Mode(commands::agent::ModeArgs),

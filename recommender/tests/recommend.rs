@@ -474,3 +474,63 @@ fn cidr_prefix_aggregates_world_addresses() {
     .unwrap();
     assert!(y.contains("198.19.50.0/24"), "{y}");
 }
+
+/// Recommending again on top of an earlier proposal (the loop a rollback's
+/// addition starts) must add policies beside the current ones, never name
+/// one like a current policy: applied, it would replace it and drop its
+/// rules.
+#[test]
+fn a_second_round_stands_beside_the_first_instead_of_replacing_it() {
+    let table = seed_table();
+    let first = synth::recommend(&table, &PolicySet::default(), &Options::default());
+    let current = proposed_set(&first);
+    // Something new: analytics now also calls payments on another port.
+    let mut more = seed_table();
+    more.rows.push(row(&ANALYTICS, &PAYMENTS, 6, 9090, None, 5));
+    // Denied on both sides by the first round: proposed on request (as the
+    // rollback's addition asks), kept denied otherwise.
+    let options = Options {
+        allow_denied: true,
+        ..Options::default()
+    };
+    let second = synth::recommend(&more, &current, &options);
+    let names: Vec<(String, String)> = second
+        .policies
+        .iter()
+        .map(|p| {
+            (
+                p.policy.metadata.namespace.clone().unwrap_or_default(),
+                p.policy.metadata.name.clone(),
+            )
+        })
+        .collect();
+    assert!(!names.is_empty(), "the new flow needs rules");
+    for (ns, name) in &names {
+        assert!(
+            !current.policies.iter().any(|c| {
+                c.policy.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && &c.policy.metadata.name == name
+            }),
+            "{ns}/{name} would replace a current policy"
+        );
+    }
+    assert!(
+        names.contains(&("payments".into(), "cnpilot-payments-api-2".into())),
+        "{names:?}"
+    );
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.contains("payments/cnpilot-payments-api-2")),
+        "{:?}",
+        second.warnings
+    );
+    // First and second round together allow everything, the new flow too.
+    let mut both = current.clone();
+    both.extend(proposed_set(&second));
+    let universe = Universe::from_table(&more);
+    let ev = Evaluators::new(&universe, &PolicySet::default(), &both);
+    let replayed = replay::replay(&more, &universe, &ev, &second.excluded);
+    assert_eq!(replayed.denied.len(), 0, "{:?}", replayed.denied);
+}

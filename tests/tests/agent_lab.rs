@@ -351,7 +351,34 @@ fn enforce_flips_without_reload_and_survives_a_killed_agent() {
     ]);
     assert_eq!(dns.status.code(), Some(0), "audit namespaces keep DNS");
 
+    // A second agent on the same pins refuses, naming the running one, and
+    // changes nothing.
+    let first_pid = rig.agent.as_ref().unwrap().id();
+    let policies = Rig::seed_policies();
+    let second = rig.lab.cnpilot(&[
+        "agent",
+        "--policies",
+        &policies,
+        "--pin-dir",
+        rig.pin(),
+        "--events",
+        "/dev/null",
+    ]);
+    let second_err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{second_err}");
+    assert!(
+        second_err.contains(&format!("another cnpilot agent (pid {first_pid})")),
+        "{second_err}"
+    );
+    assert_eq!(
+        rig.program_ids(),
+        before,
+        "the refused agent changed nothing"
+    );
+    enforced(&rig, "second agent refused");
+
     // SIGKILL: the pinned programs and maps keep enforcing with no agent.
+    // (Its lock goes with it: the restart below must not be blocked.)
     let flows_before = rig.flow_entries();
     assert!(flows_before > 0);
     let status = rig.signal_agent("-KILL");

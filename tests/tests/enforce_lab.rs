@@ -262,6 +262,51 @@ fn staged_enforce_resumes_finishes_and_rolls_back_by_itself() {
     )
     .unwrap();
     assert!(surprises.contains("198.18.200.10"), "{surprises}");
+    // The offending flow comes back as a proposed addition: a payments
+    // policy that lets the newcomer's port in, with its evidence, that
+    // `cnpilot review` reads against the frozen proposal.
+    let out = std::fs::read_to_string(log.with_extension("out")).unwrap();
+    assert!(out.contains("proposed addition: 1 policies"), "{out}");
+    let addition = lab.dir.path().join("state/enforce/payments/addition");
+    let yaml: String = std::fs::read_dir(&addition)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    eprintln!("{out}\n{yaml}");
+    assert!(yaml.contains("namespace: payments"), "{yaml}");
+    // Beside the enforced policy, not in its place: applying it adds.
+    assert!(yaml.contains("name: cnpilot-payments-api-2"), "{yaml}");
+    assert!(
+        yaml.contains("port: '8080'") || yaml.contains("port: \"8080\""),
+        "{yaml}"
+    );
+    assert!(yaml.contains("cnpilot.io/evidence"), "{yaml}");
+    let review = lab.cnpilot(&[
+        "review",
+        "--proposed",
+        addition.to_str().unwrap(),
+        "--current",
+        lab.dir
+            .path()
+            .join("state/enforce/payments/policies")
+            .to_str()
+            .unwrap(),
+        "--store",
+        lab.dir
+            .path()
+            .join("state/enforce/payments/surprises-store")
+            .to_str()
+            .unwrap(),
+    ]);
+    let review_text = String::from_utf8_lossy(&review.stdout);
+    assert!(
+        review_text.contains("[new]") && !review_text.contains("[changed]"),
+        "review of the addition:\n{review_text}\n{}",
+        String::from_utf8_lossy(&review.stderr)
+    );
     assert_eq!(first_try, "200", "the newcomer waited out the rollback");
     let drops: Vec<serde_json::Value> = agent
         .all_events()

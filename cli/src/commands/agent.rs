@@ -2,6 +2,7 @@
 //! attach it to every lab pod, fill its maps, stream its events.
 
 mod events;
+mod instance;
 mod inventory;
 mod l7;
 mod policy;
@@ -170,6 +171,7 @@ fn staged_namespaces(
 }
 
 fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
+    let _instance = instance::acquire(&args.pin_dir)?;
     let inv = inventory::Inventory::from_lab(&args.lab_dir)?;
     let visibility = args.http_visibility.clone().unwrap_or(match duration {
         Some(_) => Visibility::Auto(Vec::new()),

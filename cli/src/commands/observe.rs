@@ -259,3 +259,17 @@ fn stream(printer: &mut Printer, filter: &Filter, item: Item) -> anyhow::Result<
     }
     Ok(())
 }
+
+/// One of the agent's event lines as a flow record, through the Hubble
+/// flow that `observe -o json` writes and `import hubble` reads (the round
+/// trip the tests hold to): one conversion, not a second one to drift.
+/// `None` for lines that are not flows or carry no time.
+pub fn event_to_record(line: &serde_json::Value) -> Option<cnpilot_learner::FlowRecord> {
+    let event_line::Line::Flow(flow) = event_line::parse(&line.to_string()).ok()? else {
+        return None;
+    };
+    match cnpilot_learner::hubble::parse_line(&hubble_json::to_line(&flow)?) {
+        cnpilot_learner::hubble::LineOutcome::Record(record) => Some(*record),
+        _ => None,
+    }
+}

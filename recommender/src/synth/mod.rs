@@ -278,6 +278,66 @@ pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> R
     }
     emit::aggregate_cidrs(&mut sides, options.cidr_prefix);
     rec.policies = emit::policies(&sides, &universe, options);
+    rec.warnings
+        .extend(beside_current(&mut rec.policies, current));
     rec.excluded.sort_by(|a, b| a.flow.cmp(&b.flow));
     rec
+}
+
+/// A proposed policy named like a current one would *replace* it when
+/// applied (same namespace and name: one object), dropping every rule the
+/// current one holds. Recommending again on top of an earlier proposal (or
+/// of the addition a rollback proposes) is the normal loop, so a clash
+/// gets the first free `-2`, `-3`… name: the proposal then stands beside
+/// the current policy, and Cilium allows the union of both.
+fn beside_current(policies: &mut [emit::Proposed], current: &PolicySet) -> Vec<String> {
+    use std::collections::BTreeSet;
+    let key = |ns: Option<&str>, name: &str| (ns.unwrap_or("").to_string(), name.to_string());
+    let mut taken: BTreeSet<(String, String)> = current
+        .policies
+        .iter()
+        .filter(|p| p.policy.kind == crate::model::PolicyKind::CiliumNetworkPolicy)
+        .map(|p| {
+            key(
+                p.policy.metadata.namespace.as_deref(),
+                &p.policy.metadata.name,
+            )
+        })
+        .collect();
+    taken.extend(policies.iter().map(|p| {
+        key(
+            p.policy.metadata.namespace.as_deref(),
+            &p.policy.metadata.name,
+        )
+    }));
+    let mut warnings = Vec::new();
+    for p in policies.iter_mut() {
+        let (ns, name) = key(
+            p.policy.metadata.namespace.as_deref(),
+            &p.policy.metadata.name,
+        );
+        let clashes = current.policies.iter().any(|c| {
+            c.policy.kind == crate::model::PolicyKind::CiliumNetworkPolicy
+                && c.policy.metadata.namespace.as_deref().unwrap_or("") == ns
+                && c.policy.metadata.name == name
+        });
+        if !clashes {
+            continue;
+        }
+        let Some(free) = (2u32..)
+            .map(|n| format!("{name}-{n}"))
+            .find(|candidate| !taken.contains(&(ns.clone(), candidate.clone())))
+        else {
+            continue;
+        };
+        taken.insert((ns.clone(), free.clone()));
+        warnings.push(format!(
+            "{ns}/{name} is a current policy: the proposal for {} is named {ns}/{free} so that \
+             applying it adds to {name} instead of replacing it",
+            p.subject
+        ));
+        p.policy.metadata.name = free.clone();
+        p.file_name = format!("{ns}-{free}.yaml");
+    }
+    warnings
 }

@@ -2,6 +2,7 @@
 //! (proposed → audit-soak → enforce → watch → done), rolled back to audit
 //! by itself when the watch sees the policy break something.
 
+mod addition;
 pub mod judge;
 pub mod state;
 mod status;

@@ -2,7 +2,9 @@
 //! `STATE/enforce/NS/` holding `record.json` (the current stage, replaced
 //! atomically), `journal.jsonl` (every transition, appended and synced),
 //! `policies/` (the proposal, frozen when the stage machine starts) and,
-//! after a rollback, `surprises.jsonl` (the offending flows).
+//! after a rollback, `surprises.jsonl` (the offending flows),
+//! `surprises-store/` (them as a flow store) and `addition/` (the policy
+//! proposed to let them pass, for the next review).
 //!
 //! On a cluster the same records are meant to live in a ConfigMap; here a
 //! directory keeps them durable across a crash or a reboot of the

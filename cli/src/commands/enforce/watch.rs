@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use cnpilot_bpf::Mode;
 use serde_json::Value;
 
+use super::addition;
 use super::judge::{Finding, NewDrops, Observed};
 use super::state::{self, Stage};
 use super::{human, say, Controller, EnforceArgs};
@@ -42,10 +43,19 @@ pub(super) fn run(c: &mut Controller, args: &EnforceArgs) -> anyhow::Result<Outc
     let mut new_drops = NewDrops::new(args.window);
     let mut expected = 0u64;
     let mut last_mode_check = Instant::now();
+    // Every offending event of this watch: the addition is proposed from
+    // them all, not only from the window that crossed the line.
+    let mut offending: Vec<Value> = Vec::new();
     let bar = super::stage_bar(args.watch, "watch");
     loop {
         if let Some((ev, line)) = c.next(Duration::from_millis(50))? {
-            let verdict = match c.judge.watch(&ev) {
+            let finding = c.judge.watch(&ev);
+            if matches!(finding, Some(Finding::Regression(_) | Finding::New(_)))
+                && offending.len() < addition::MAX_LINES
+            {
+                offending.push(line.clone());
+            }
+            let verdict = match finding {
                 None => None,
                 Some(Finding::Expected) => {
                     expected += 1;
@@ -71,7 +81,7 @@ pub(super) fn run(c: &mut Controller, args: &EnforceArgs) -> anyhow::Result<Outc
             };
             if let Some((reason, keys)) = verdict {
                 bar.finish_and_clear();
-                return roll_back(c, &reason, &keys, &ev, &line);
+                return roll_back(c, &reason, &keys, &ev, &offending);
             }
         }
         if last_mode_check.elapsed() >= Duration::from_millis(500) {
@@ -109,7 +119,7 @@ fn roll_back(
     reason: &str,
     keys: &[String],
     ev: &Observed,
-    line: &Value,
+    offending: &[Value],
 ) -> anyhow::Result<Outcome> {
     c.record.reason = Some(reason.to_string());
     c.transition(Stage::RolledBack, "automatic rollback")?;
@@ -122,7 +132,8 @@ fn roll_back(
             "revision": c.record.revision,
             "reason": reason,
             "flows": keys,
-            "event": line,
+            "event": offending.last(),
+            "events": offending.len(),
             "rollback_after_ms": latency.as_secs_f64() * 1000.0,
         }),
     )?;
@@ -134,7 +145,7 @@ fn roll_back(
         ),
     );
     println!("{ns}: rolled back: {reason}");
-    println!("  offending flows (proposed as an addition for the next review):");
+    println!("  offending flows:");
     for key in keys {
         println!("    {key}");
     }
@@ -142,6 +153,32 @@ fn roll_back(
         "  evidence: {}; `cnpilot status` shows the stage",
         c.ns.surprises_path().display()
     );
+    // After the flip back: the rollback never waits for the proposal.
+    match addition::propose(&c.ns, offending) {
+        Ok(Some(a)) => {
+            println!(
+                "  proposed addition: {} policies in {} (from {} offending events, kept as the flow store {})",
+                a.policies,
+                a.dir.display(),
+                a.records,
+                a.store.display()
+            );
+            for why in &a.left_out {
+                println!("    not proposed: {why}");
+            }
+            println!(
+                "  review it: cnpilot review --proposed {} --current {} --store {}",
+                a.dir.display(),
+                c.ns.policies_dir().display(),
+                a.store.display()
+            );
+        }
+        Ok(None) => println!("  no addition proposed: the offending events carry no flow"),
+        Err(e) => say(
+            &ns,
+            &format!("warning: proposing an addition failed: {e:#}"),
+        ),
+    }
     Ok(Outcome::Finding)
 }
 
