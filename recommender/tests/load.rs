@@ -190,3 +190,32 @@ fn empty_documents_and_integer_ports_are_accepted() {
     assert_eq!(set.policies.len(), 1);
     assert_eq!(set.policies[0].line, 4);
 }
+
+#[test]
+fn icmp_rules_are_checked_as_cilium_checks_them() {
+    // Beside toPorts: Cilium's sanitizer refuses the rule.
+    let d = one_error(&format!(
+        "{HEAD}  ingress:\n  - toPorts:\n    - ports: [{{port: \"80\"}}]\n    icmps:\n    - fields: [{{type: 8}}]\n"
+    ));
+    assert!(d.message.contains("without `toPorts`"), "{}", d.message);
+    assert_eq!(d.line, 11);
+    // A name of the other family: named, with the family's valid names.
+    let d = one_error(&format!(
+        "{HEAD}  egress:\n  - icmps:\n    - fields:\n      - type: PacketTooBig\n"
+    ));
+    assert!(d.message.contains("not an IPv4 type name"), "{}", d.message);
+    assert!(d.message.contains("EchoRequest"), "{}", d.message);
+    assert_eq!(d.line, 11);
+    // Out of range and unknown names fail while parsing, with the line.
+    let d = one_error(&format!(
+        "{HEAD}  egress:\n  - icmps:\n    - fields:\n      - type: 300\n"
+    ));
+    assert!(d.message.contains("0-255"), "{}", d.message);
+    // And a valid one loads with no warning: icmps is evaluated.
+    let set = load_str(
+        &format!("{HEAD}  egress:\n  - icmps:\n    - fields:\n      - {{type: EchoRequest, family: IPv6}}\n      - type: 8\n"),
+        "in.yaml",
+    )
+    .unwrap();
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+}

@@ -63,8 +63,11 @@ impl Perspectives {
             }
         };
         let c = &self.compiled[node];
+        // ICMP is matched on its type (Cilium reads an `icmps` field as an
+        // L4 port); a flow that names none is a ping, as the agreement test
+        // sends it.
         let port = if flow.proto == FlowProto::Icmp {
-            0
+            u16::from(flow.icmp_type.unwrap_or(8))
         } else {
             flow.port.unwrap_or(0)
         };

@@ -8,7 +8,8 @@ use cnpilot_bpf::maps::{action, identity, Direction, PolicyKey, PolicyValue, Sub
 use super::lookup::PrefixTable;
 use super::{CompiledPolicy, IdentityInput, NodeInput, RuleRef, CIDR_IDENTITY_BASE};
 use crate::model::{
-    Cidr, CidrRule, Entity, HttpRule, LoadedPolicy, PeerRule, PolicySet, PortSpec, Rule,
+    Cidr, CidrRule, Entity, HttpRule, IcmpFamily, IcmpRule, LoadedPolicy, PeerRule, PolicySet,
+    PortSpec, Rule,
 };
 use crate::select::{LabelSet, Selector};
 
@@ -374,10 +375,10 @@ fn peers_of(pr: &PeerRule, u: &Universe, ns: Option<&str>) -> Peers {
             .unmodelled_peers
             .iter()
             .flatten()
-            .any(|f| *f != "icmps" && *f != "authentication");
+            .any(|f| *f != "authentication");
     if !has_l3 {
         // An L4-only rule selects every peer; an empty rule selects none.
-        return if nonempty(pr.to_ports.map(<[_]>::len)) {
+        return if nonempty(pr.to_ports.map(<[_]>::len)) || nonempty(pr.icmps.map(<[_]>::len)) {
             Peers::Any
         } else {
             Peers::Ids(BTreeSet::new())
@@ -454,6 +455,9 @@ fn ports_of<'a>(
     unmodelled: &mut Vec<&'static str>,
 ) -> Vec<(Vec<(u8, PortSpec)>, L7<'a>)> {
     let Some(port_rules) = pr.to_ports.filter(|p| !p.is_empty()) else {
+        if let Some(icmps) = pr.icmps.filter(|i| !i.is_empty()) {
+            return vec![(icmp_l4(icmps, unmodelled), L7::None)];
+        }
         return vec![(vec![(0, PortSpec::Number(0))], L7::None)];
     };
     let mut out = Vec::new();
@@ -502,6 +506,37 @@ fn ports_of<'a>(
         out.push((l4, l7));
     }
     out
+}
+
+/// `icmps` as Cilium reads them: each field an L4 filter on ICMP whose
+/// port is the type (what the datapath keys ICMP on too). ICMPv6 fields
+/// allow nothing here: IPv6 is not evaluated. A type name that does not
+/// belong to its family was reported by the loader and allows nothing.
+fn icmp_l4(icmps: &[IcmpRule], unmodelled: &mut Vec<&'static str>) -> Vec<(u8, PortSpec)> {
+    const IPPROTO_ICMP: u8 = 1;
+    let mut l4 = Vec::new();
+    for field in icmps.iter().flat_map(|r| &r.fields) {
+        match (field.family(), field.type_number()) {
+            (IcmpFamily::IPv4, Ok(0)) => {
+                // Type 0 would be port 0, the L4 wildcard: every ICMP type.
+                // Say so rather than widen a rule silently.
+                if !unmodelled.contains(&"icmps type 0 (EchoReply: read as every ICMP type)") {
+                    unmodelled.push("icmps type 0 (EchoReply: read as every ICMP type)");
+                }
+                l4.push((IPPROTO_ICMP, PortSpec::Number(0)));
+            }
+            (IcmpFamily::IPv4, Ok(t)) => l4.push((IPPROTO_ICMP, PortSpec::Number(u16::from(t)))),
+            (IcmpFamily::IPv6, _) => {
+                if !unmodelled.contains(&"icmps family IPv6") {
+                    unmodelled.push("icmps family IPv6");
+                }
+            }
+            (IcmpFamily::IPv4, Err(_)) => {}
+        }
+    }
+    l4.sort_by_key(|(proto, port)| (*proto, port.to_string()));
+    l4.dedup();
+    l4
 }
 
 fn collect_cidrs(set: &PolicySet) -> Vec<(Cidr, u32)> {

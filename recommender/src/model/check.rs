@@ -1,7 +1,7 @@
 //! Checks that need more than one field, made after parsing (single values
 //! check themselves while they deserialize).
 
-use super::{CidrRule, CiliumPolicy, PolicyKind, PortRule, Rule};
+use super::{CidrRule, CiliumPolicy, IcmpRule, PolicyKind, PortRule, Rule};
 
 pub(crate) struct Problem {
     pub message: String,
@@ -99,6 +99,7 @@ fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>)
                         r.to_ports.as_deref(),
                         r.from_cidr_set.as_deref(),
                         r.authentication.is_some(),
+                        r.icmps.as_deref(),
                     )
                 })
                 .collect::<Vec<_>>(),
@@ -114,6 +115,7 @@ fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>)
                         r.to_ports.as_deref(),
                         r.from_cidr_set.as_deref(),
                         r.authentication.is_some(),
+                        r.icmps.as_deref(),
                     )
                 })
                 .collect(),
@@ -129,6 +131,7 @@ fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>)
                         r.to_ports.as_deref(),
                         r.to_cidr_set.as_deref(),
                         r.authentication.is_some(),
+                        r.icmps.as_deref(),
                     )
                 })
                 .collect(),
@@ -144,6 +147,7 @@ fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>)
                         r.to_ports.as_deref(),
                         r.to_cidr_set.as_deref(),
                         r.authentication.is_some(),
+                        r.icmps.as_deref(),
                     )
                 })
                 .collect(),
@@ -151,8 +155,9 @@ fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>)
         ),
     ];
     for (field, rules, deny) in lists {
-        for (i, (ports, cidr_sets, auth)) in rules.into_iter().enumerate() {
+        for (i, (ports, cidr_sets, auth, icmps)) in rules.into_iter().enumerate() {
             let here = format!("{path}.{field}[{i}]");
+            check_icmps(&here, ports.is_some_and(|p| !p.is_empty()), icmps, out);
             if deny && auth {
                 out.push(problem(
                     &here,
@@ -175,6 +180,38 @@ fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>)
                     &format!("{path}.egressDeny[{i}]"),
                     "`toFQDNs` is not allowed in deny rules",
                     "toFQDNs",
+                ));
+            }
+        }
+    }
+}
+
+/// Cilium's sanitizer refuses `icmps` beside `toPorts` in one rule ("The
+/// ICMPs block may only be present without ToPorts. Define a separate rule
+/// to use ToPorts."), and a type name must belong to its field's family.
+fn check_icmps(path: &str, has_ports: bool, icmps: Option<&[IcmpRule]>, out: &mut Vec<Problem>) {
+    let Some(icmps) = icmps else { return };
+    if has_ports && !icmps.is_empty() {
+        out.push(problem(
+            path,
+            "`icmps` may only be present without `toPorts`: put the ports in a rule of their own",
+            "icmps",
+        ));
+    }
+    for (j, rule) in icmps.iter().enumerate() {
+        if rule.fields.len() > 40 {
+            out.push(problem(
+                &format!("{path}.icmps[{j}]"),
+                format!("{} fields: at most 40 per ICMP rule", rule.fields.len()),
+                "fields",
+            ));
+        }
+        for (k, field) in rule.fields.iter().enumerate() {
+            if let Err(e) = field.type_number() {
+                out.push(problem(
+                    &format!("{path}.icmps[{j}].fields[{k}].type"),
+                    e,
+                    field.icmp_type.to_string(),
                 ));
             }
         }

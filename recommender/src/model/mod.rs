@@ -8,6 +8,7 @@
 //! [`load`](crate::model::load).
 
 mod check;
+mod icmp;
 mod load;
 mod ports;
 mod selector;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use icmp::{IcmpFamily, IcmpField, IcmpRule, IcmpType};
 pub use load::{load_paths, load_str, load_str_at, Diagnostic, LoadError, LoadedPolicy, PolicySet};
 pub use ports::{DnsRule, HttpRule, L7Rules, PortProtocol, PortRule, PortSpec, Protocol};
 pub use selector::{LabelSelector, Operator, Requirement};
@@ -164,7 +166,7 @@ pub struct IngressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_nodes: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub icmps: Option<Value>,
+    pub icmps: Option<Vec<IcmpRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Value>,
 }
@@ -195,7 +197,7 @@ pub struct EgressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_nodes: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub icmps: Option<Value>,
+    pub icmps: Option<Vec<IcmpRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Value>,
 }
@@ -223,8 +225,9 @@ pub struct PeerRule<'a> {
     pub cidrs: Option<&'a [Cidr]>,
     pub cidr_sets: Option<&'a [CidrRule]>,
     pub to_ports: Option<&'a [PortRule]>,
+    pub icmps: Option<&'a [IcmpRule]>,
     /// Names of unmodelled peer fields present in the rule (`toFQDNs`, ...).
-    pub unmodelled_peers: [Option<&'static str>; 6],
+    pub unmodelled_peers: [Option<&'static str>; 5],
 }
 
 impl IngressRule {
@@ -235,11 +238,11 @@ impl IngressRule {
             cidrs: self.from_cidr.as_deref(),
             cidr_sets: self.from_cidr_set.as_deref(),
             to_ports: self.to_ports.as_deref(),
+            icmps: self.icmps.as_deref(),
             unmodelled_peers: [
                 self.from_requires.as_ref().map(|_| "fromRequires"),
                 self.from_groups.as_ref().map(|_| "fromGroups"),
                 self.from_nodes.as_ref().map(|_| "fromNodes"),
-                self.icmps.as_ref().map(|_| "icmps"),
                 None,
                 None,
             ],
@@ -255,13 +258,13 @@ impl EgressRule {
             cidrs: self.to_cidr.as_deref(),
             cidr_sets: self.to_cidr_set.as_deref(),
             to_ports: self.to_ports.as_deref(),
+            icmps: self.icmps.as_deref(),
             unmodelled_peers: [
                 self.to_fqdns.as_ref().map(|_| "toFQDNs"),
                 self.to_services.as_ref().map(|_| "toServices"),
                 self.to_groups.as_ref().map(|_| "toGroups"),
                 self.to_requires.as_ref().map(|_| "toRequires"),
                 self.to_nodes.as_ref().map(|_| "toNodes"),
-                self.icmps.as_ref().map(|_| "icmps"),
             ],
         }
     }
@@ -277,7 +280,6 @@ pub const UNMODELLED_FIELDS: &[&str] = &[
     "fromRequires",
     "toNodes",
     "fromNodes",
-    "icmps",
     "authentication",
     "kafka",
     "l7proto",
