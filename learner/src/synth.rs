@@ -204,6 +204,7 @@ impl BenchCluster {
                     phase: "Running".into(),
                     started_ns: Some(0),
                     finished_ns: None,
+                    ports: Vec::new(),
                 });
             }
         }

@@ -19,6 +19,7 @@ use cnpilot_bpf::maps::{identity, verdict, EndpointValue, IpcacheValue, IPCACHE_
 use cnpilot_bpf::{Datapath, IpcacheEntry, Mode, Tables, DEFAULT_PIN_DIR};
 
 use crate::Outcome;
+use cnpilot_learner::inventory::{InventorySource, SnapshotFile};
 pub use inventory::ns_id;
 pub use policy::Visibility;
 
@@ -40,7 +41,25 @@ pub struct AgentArgs {
     /// Print only would-drop and drop events.
     #[arg(long)]
     pub drops_only: bool,
-    /// The lab's state directory.
+    /// What runs on this node: `lab` (the lab's `inventory.json`), `kube`
+    /// (the cluster: in-cluster config or $KUBECONFIG; Pods, Namespaces,
+    /// Nodes are watched), or a file as `kubectl get pods,namespaces,nodes
+    /// -A -o json` writes it. Read again every second: a pod that appears is
+    /// attached (once its /32 route to its interface exists), a pod that
+    /// goes is detached, a reused IP takes its new pod's identity before the
+    /// new pod's interface is attached.
+    #[arg(long, default_value = "lab", value_name = "lab|kube|FILE")]
+    pub inventory: String,
+    /// This node's name in the inventory (only its pods are attached).
+    /// Default: the lab's node with `--inventory lab`, else the host name.
+    #[arg(long, env = "CNPILOT_NODE")]
+    pub node: Option<String>,
+    /// The node's network namespace, where pods' host-side interfaces and
+    /// their /32 routes live. Default: the lab's node namespace with
+    /// `--inventory lab`, else this process's own (a real node).
+    #[arg(long, value_name = "PATH")]
+    pub node_netns: Option<PathBuf>,
+    /// The lab's state directory (`--inventory lab`).
     #[arg(long, env = "CNPILOT_LAB_DIR", default_value = inventory::DEFAULT_LAB_DIR)]
     pub lab_dir: PathBuf,
     /// Flow store directory: every event (and L7 request) also becomes a
@@ -120,7 +139,7 @@ pub struct RecordArgs {
 
 pub fn run_agent(args: AgentArgs) -> anyhow::Result<Outcome> {
     if args.down {
-        if let Some(node) = l7::node_netns_of_lab(&args.lab_dir) {
+        if let Ok((_, Some(node))) = node_of(&args) {
             l7::remove_proxy_route(&node);
         }
         cnpilot_bpf::unpin_all(&args.pin_dir)?;
@@ -170,9 +189,95 @@ fn staged_namespaces(
     Ok((staged, keep_mode))
 }
 
+/// This node's name and namespace: the flags, else the lab's (with
+/// `--inventory lab`), else the host name and this process's namespace.
+fn node_of(args: &AgentArgs) -> anyhow::Result<(String, Option<PathBuf>)> {
+    let lab = (args.inventory == "lab")
+        .then(|| crate::lab::state::LabState::load_from(&args.lab_dir))
+        .transpose()
+        .context("--inventory lab needs a lab (`cnpilot lab up`), or give --inventory kube|FILE")?;
+    let name = match (&args.node, &lab) {
+        (Some(n), _) => n.clone(),
+        (None, Some(lab)) => lab.node.name.clone(),
+        (None, None) => host_name().context("no --node given and no host name to use")?,
+    };
+    let netns = match (&args.node_netns, &lab) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(lab)) => Some(cnpilot_bpf::netns::named(&lab.node.netns)),
+        (None, None) => None,
+    };
+    Ok((name, netns))
+}
+
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is ours and its length is passed.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    std::str::from_utf8(&buf[..end])
+        .ok()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
+/// The inventory source of `--inventory`; `kube` needs the runtime.
+fn inventory_source(
+    args: &AgentArgs,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Box<dyn InventorySource>> {
+    Ok(match args.inventory.as_str() {
+        "lab" => Box::new(SnapshotFile::new(crate::lab::state::inventory_path(
+            &args.lab_dir,
+        ))),
+        "kube" => {
+            let source = rt
+                .block_on(async {
+                    let source = cnpilot_learner::inventory::KubeSource::connect().await?;
+                    tokio::time::timeout(Duration::from_secs(30), source.wait_ready())
+                        .await
+                        .map_err(|_| {
+                            cnpilot_learner::inventory::InventoryError::Kube(
+                                "no answer from the API server within 30 s".into(),
+                            )
+                        })??;
+                    Ok::<_, cnpilot_learner::inventory::InventoryError>(source)
+                })
+                .context("--inventory kube")?;
+            Box::new(source)
+        }
+        file => {
+            let path = PathBuf::from(file);
+            anyhow::ensure!(
+                path.is_file(),
+                "--inventory {file}: no such file (expected lab, kube or a kubectl JSON file)"
+            );
+            Box::new(SnapshotFile::new(path))
+        }
+    })
+}
+
 fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     let _instance = instance::acquire(&args.pin_dir)?;
-    let inv = inventory::Inventory::from_lab(&args.lab_dir)?;
+    let (node_name, node_netns) = node_of(&args)?;
+    let node_netns = node_netns.unwrap_or_else(|| PathBuf::from(inventory::OWN_NETNS));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let _in_runtime = rt.enter();
+    let source = inventory_source(&args, &rt)?;
+    let mut snapshot = source
+        .snapshot()
+        .with_context(|| format!("reading the inventory ({})", source.describe()))?;
+    let mut identities = cnpilot_learner::IdentityAllocator::new();
+    let mut inv = inventory::Inventory::build(&snapshot, &node_name, &node_netns, &mut identities)?;
+    for pod in &inv.unrouted {
+        eprintln!("cnpilot agent: {pod}: no route to an interface yet; attached when it has one");
+    }
     let visibility = args.http_visibility.clone().unwrap_or(match duration {
         Some(_) => Visibility::Auto(Vec::new()),
         None => Visibility::Off,
@@ -185,27 +290,27 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             ns.dir.display()
         );
     }
-    let compile = |staged: &[policy::Staged]| {
+    let compile = |staged: &[policy::Staged], inv: &inventory::Inventory| {
         policy::compile(
             args.policies.as_deref(),
             staged,
-            &inv,
+            inv,
             args.proxy_port,
             &visibility,
         )
     };
-    let entries = compile(&staged)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let _in_runtime = rt.enter();
+    let entries = compile(&staged, &inv)?;
 
     store::fresh_event_ring(&args.pin_dir);
     let mut dp = Datapath::load_or_open_with(&args.pin_dir, Some(args.ring_buffer_mib << 20))?;
+    // Tells `lab down` which pins to remove with the lab.
     let pins_note = args.lab_dir.join(crate::lab::AGENT_PIN_DIR_FILE);
-    if let Err(err) = std::fs::write(&pins_note, args.pin_dir.display().to_string()) {
+    let lab_note = if args.inventory == "lab" {
+        std::fs::write(&pins_note, args.pin_dir.display().to_string())
+    } else {
+        Ok(())
+    };
+    if let Err(err) = lab_note {
         tracing::warn!(
             "{}: {err}; `lab down` will not remove the pins",
             pins_note.display()
@@ -215,6 +320,8 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     let slot = std::sync::Arc::new(l7::PolicySlot::new(std::sync::Arc::clone(
         &entries.compiled,
     )));
+    let ns_of_identity: l7::NamespaceOfIdentity =
+        std::sync::Arc::new(std::sync::RwLock::new(l7::namespaces_of(&inv)));
     // The proxy listens before any program can hand it a connection.
     let mut http_events = match args.proxy_port {
         0 => None,
@@ -223,6 +330,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             Some(l7::start_proxy(
                 &inv,
                 std::sync::Arc::clone(&slot),
+                std::sync::Arc::clone(&ns_of_identity),
                 &args.pin_dir,
                 port,
             )?)
@@ -251,7 +359,8 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     let mut sink = match &args.store {
         Some(dir) => Some(store::StoreThread::spawn(store::StoreSink::open(
             dir,
-            &args.lab_dir,
+            &snapshot,
+            &node_name,
             dp.tables(),
         )?)?),
         None => None,
@@ -295,7 +404,9 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     };
     let started = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let publish_modes = |t: &Tables| {
+    let mut refresh = tokio::time::interval(INVENTORY_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let publish_modes = |t: &Tables, inv: &inventory::Inventory| {
         let modes = inv
             .namespaces
             .keys()
@@ -308,7 +419,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             .collect();
         hub.set_modes(modes);
     };
-    publish_modes(dp.tables());
+    publish_modes(dp.tables(), &inv);
     let result: anyhow::Result<()> = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
@@ -393,10 +504,65 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                         }
                     }
                 }
+                _ = refresh.tick() => {
+                    let next = match source.snapshot() {
+                        Ok(next) => next,
+                        Err(e) => {
+                            tracing::warn!("inventory ({}): {e}; keeping the last one", source.describe());
+                            continue;
+                        }
+                    };
+                    // Unrouted pods may have been wired since: look again.
+                    if next == snapshot && inv.unrouted.is_empty() {
+                        continue;
+                    }
+                    let changed_at = std::time::Instant::now();
+                    let new_inv = match inventory::Inventory::build(&next, &node_name, &node_netns, &mut identities) {
+                        Ok(new_inv) => new_inv,
+                        Err(e) => {
+                            tracing::warn!("inventory: {e:#}; keeping the last one");
+                            continue;
+                        }
+                    };
+                    let changes = inventory::Changes::between(&inv, &new_inv);
+                    if next != snapshot {
+                        if let Some(sink) = sink.as_mut() {
+                            sink.set_inventory(next.clone(), node_name.clone())?;
+                        }
+                    }
+                    snapshot = next;
+                    if changes.is_empty() && new_inv.pods == inv.pods && new_inv.namespaces == inv.namespaces {
+                        inv = new_inv;
+                        continue;
+                    }
+                    let (now_staged, keep_mode) = staged_namespaces(&args.state_dir)?;
+                    let entries = compile(&now_staged, &new_inv)?;
+                    churn(&mut dp, &args, &changes, &new_inv, &entries, &keep_mode)?;
+                    slot.replace(std::sync::Arc::clone(&entries.compiled));
+                    match ns_of_identity.write() {
+                        Ok(mut map) => *map = l7::namespaces_of(&new_inv),
+                        Err(poisoned) => *poisoned.into_inner() = l7::namespaces_of(&new_inv),
+                    }
+                    let names = |pods: &[inventory::Pod]| pods.iter()
+                        .map(|p| format!("{}/{} ({}, {})", p.namespace, p.name, p.ip, p.host_veth))
+                        .collect::<Vec<_>>().join(", ");
+                    if !changes.detach.is_empty() {
+                        eprintln!("cnpilot agent: detached {}", names(&changes.detach));
+                    }
+                    if !changes.attach.is_empty() {
+                        eprintln!(
+                            "cnpilot agent: attached {} ({:.1} ms after reading the change)",
+                            names(&changes.attach),
+                            changed_at.elapsed().as_secs_f64() * 1000.0
+                        );
+                    }
+                    inv = new_inv;
+                    publish_modes(dp.tables(), &inv);
+                }
                 Some(request) = reloads.recv() => {
                     let result = staged_namespaces(&args.state_dir)
                         .and_then(|(now_staged, _)| {
-                            let entries = compile(&now_staged)?;
+                            let entries = compile(&now_staged, &inv)?;
                             reprogram_policy(&mut dp, &inv, &entries)?;
                             slot.replace(std::sync::Arc::clone(&entries.compiled));
                             Ok(format!(
@@ -413,7 +579,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                     let _ = request.reply.send(result);
                 }
                 _ = tick.tick() => {
-                    publish_modes(dp.tables());
+                    publish_modes(dp.tables(), &inv);
                     if duration.is_some() {
                         bar.set_position(started.elapsed().as_millis() as u64);
                         bar.set_message(format!("{seen} events, {drops} would-drop/drop"));
@@ -453,6 +619,44 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Success
     })
+}
+
+/// How often the agent reads its inventory again (pod churn is picked up
+/// within this plus the time to attach: well under the 2 s a new pod may
+/// wait).
+const INVENTORY_REFRESH: Duration = Duration::from_millis(500);
+
+/// Applies an inventory change: gone interfaces are detached first (their
+/// endpoint entries go with them), then every map is rewritten for the new
+/// inventory (a reused IP's ipcache entry now names its new pod), and only
+/// then are new interfaces attached, so a new pod's first packet is judged
+/// with its own identity.
+fn churn(
+    dp: &mut Datapath,
+    args: &AgentArgs,
+    changes: &inventory::Changes,
+    inv: &inventory::Inventory,
+    entries: &policy::MapEntries,
+    keep_mode: &[String],
+) -> anyhow::Result<()> {
+    for pod in &changes.detach {
+        cnpilot_bpf::detach(&args.pin_dir, &pod.host_veth)
+            .with_context(|| format!("detaching from {}", pod.host_veth))?;
+        if !inv.pods.iter().any(|p| p.host_ifindex == pod.host_ifindex) {
+            dp.tables_mut().remove_endpoint(pod.host_ifindex)?;
+        }
+    }
+    program_maps(dp, inv, entries, None, keep_mode)?;
+    for pod in &changes.attach {
+        dp.attach(Some(&inv.node_netns), &pod.host_veth)
+            .with_context(|| {
+                format!(
+                    "attaching to {} ({}/{})",
+                    pod.host_veth, pod.namespace, pod.name
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Endpoints, ipcache, policy, subjects, modes. Policy is written before

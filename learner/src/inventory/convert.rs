@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{NamespaceInfo, NodeInfo, PodInfo};
+use super::{ContainerPort, NamespaceInfo, NodeInfo, PodInfo};
 
 fn ns_of(time: &Time) -> Option<i64> {
     i64::try_from(time.0.as_nanosecond()).ok()
@@ -65,7 +65,23 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
                 .filter_map(ns_of)
                 .max()
         });
+    let ports = spec
+        .map(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .filter_map(|p| {
+                    Some(ContainerPort {
+                        port: u16::try_from(p.container_port).ok()?,
+                        protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        name: p.name.clone(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     PodInfo {
+        ports,
         name: meta.name.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
         node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),

@@ -48,6 +48,14 @@ where
 }
 
 impl KubeSource {
+    /// In-cluster configuration, else `$KUBECONFIG` / `~/.kube/config`.
+    pub async fn connect() -> Result<Self, InventoryError> {
+        let client = Client::try_default()
+            .await
+            .map_err(|e| InventoryError::Kube(format!("connecting: {e}")))?;
+        Ok(Self::start(client))
+    }
+
     pub fn start(client: Client) -> Self {
         let (pods, t1) = spawn_reflector::<Pod>(&client);
         let (namespaces, t2) = spawn_reflector::<Namespace>(&client);

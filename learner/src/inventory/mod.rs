@@ -40,7 +40,7 @@ pub enum InventoryError {
 }
 
 /// A pod as far as identities care.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodInfo {
     pub name: String,
     pub namespace: String,
@@ -57,6 +57,30 @@ pub struct PodInfo {
     pub started_ns: Option<i64>,
     /// Unix ns: when its last container finished, for terminated pods.
     pub finished_ns: Option<i64>,
+    /// The containers' declared ports (what HTTP visibility's `auto` reads).
+    pub ports: Vec<ContainerPort>,
+}
+
+/// One `containers[].ports[]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP` (Kubernetes' default is TCP).
+    pub protocol: String,
+    pub name: Option<String>,
+}
+
+impl ContainerPort {
+    /// Declared HTTP: a port named `http` or `http-…` (the naming
+    /// convention Istio and the Kubernetes docs use; containerPorts have no
+    /// appProtocol); TCP only. `https`/`h2c` are not HTTP/1 in the clear.
+    pub fn is_http(&self) -> bool {
+        let named = self
+            .name
+            .as_deref()
+            .is_some_and(|n| n == "http" || n.starts_with("http-"));
+        self.protocol == "TCP" && named
+    }
 }
 
 impl PodInfo {

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -35,7 +35,20 @@ pub const DEFAULT_PROXY_PORT: u16 = 15001;
 const TCP: u8 = 6;
 
 /// The `ip netns` name of a namespace path (`/run/netns/NAME`).
+/// The proxy's routes and sysctl go into a *named* node namespace (`ip -n`):
+/// the lab's. On a node whose own namespace is the node namespace they
+/// would change the host's routing, which this version does not do yet.
 fn netns_name(netns: &Path) -> anyhow::Result<String> {
+    let named = matches!(
+        netns.parent().and_then(|p| p.to_str()),
+        Some("/run/netns" | "/var/run/netns")
+    );
+    anyhow::ensure!(
+        named,
+        "the L7 proxy runs in a named node namespace (/run/netns/NAME) only for now, not in {}: \
+         run the agent with --proxy-port 0 (HTTP rules and visibility are then not enforced)",
+        netns.display()
+    );
     netns
         .file_name()
         .and_then(|n| n.to_str())
@@ -235,19 +248,27 @@ impl L7Policy for CompiledL7 {
 /// The destination namespace's mode, read from the pinned map per request.
 struct PinnedModes {
     tables: Mutex<Tables>,
-    ns_of_identity: HashMap<Identity, u32>,
+    /// Replaced by the agent when its inventory changes.
+    ns_of_identity: NamespaceOfIdentity,
 }
+
+/// Local identities → `ns_mode` key, shared with the agent.
+pub type NamespaceOfIdentity = Arc<std::sync::RwLock<HashMap<Identity, u32>>>;
 
 impl ModeResolver for PinnedModes {
     fn mode_for(&self, _dst_ip: IpAddr, dst_identity: Identity) -> L7Mode {
-        let Some(ns) = self.ns_of_identity.get(&dst_identity) else {
+        let ns = match self.ns_of_identity.read() {
+            Ok(map) => map.get(&dst_identity).copied(),
+            Err(poisoned) => poisoned.into_inner().get(&dst_identity).copied(),
+        };
+        let Some(ns) = ns else {
             // Not a pod of this node: only the source's egress rules can
             // have redirected it; recorded, never blocked.
             return L7Mode::Audit;
         };
         let mode = match self.tables.lock() {
-            Ok(t) => t.mode(*ns),
-            Err(poisoned) => poisoned.into_inner().mode(*ns),
+            Ok(t) => t.mode(ns),
+            Err(poisoned) => poisoned.into_inner().mode(ns),
         };
         match mode {
             Ok(Mode::Enforce) => L7Mode::Enforce,
@@ -267,13 +288,14 @@ impl ModeResolver for PinnedModes {
 pub fn start_proxy(
     inv: &Inventory,
     compiled: Arc<PolicySlot>,
+    ns_of_identity: NamespaceOfIdentity,
     pin_dir: &Path,
     port: u16,
 ) -> anyhow::Result<mpsc::Receiver<L7Event>> {
     let ns = netns_name(&inv.node_netns)?;
     let modes = PinnedModes {
         tables: Mutex::new(Tables::open_pinned(pin_dir)?),
-        ns_of_identity: inv.pods.iter().map(|p| (p.identity, p.ns_id)).collect(),
+        ns_of_identity,
     };
     let (events_tx, events_rx) = mpsc::channel(4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
@@ -327,7 +349,7 @@ pub fn start_proxy(
     }
 }
 
-/// Where the agent's `--down` finds the node namespace (the lab may be gone).
-pub fn node_netns_of_lab(lab_dir: &Path) -> Option<PathBuf> {
-    Inventory::from_lab(lab_dir).ok().map(|inv| inv.node_netns)
+/// The identity → namespace map the proxy reads modes with.
+pub fn namespaces_of(inv: &Inventory) -> HashMap<Identity, u32> {
+    inv.pods.iter().map(|p| (p.identity, p.ns_id)).collect()
 }

@@ -32,10 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use cnpilot_bpf::maps::{FlowCounters, FlowEvent, FlowKey};
 use cnpilot_bpf::Tables;
-use cnpilot_learner::inventory::{InventorySnapshot, NamespaceInfo, NodeInfo, PodInfo};
+use cnpilot_learner::inventory::InventorySnapshot;
 use cnpilot_learner::{Direction, FlowRecord, FlowStore, Inventory, L7Protocol, Verdict, L7};
 
-use crate::lab::state::LabState;
 use crate::proxy::event::{L7Event, L7Verdict};
 
 /// Segments are written at least this often, so `cnpilot learn` sees a
@@ -72,8 +71,12 @@ pub struct StoreSink {
 impl StoreSink {
     /// Open (or create) the store, replaying a crashed session's write-ahead
     /// file, and snapshot the counters the session starts from.
-    pub fn open(dir: &Path, lab_dir: &Path, tables: &Tables) -> anyhow::Result<StoreSink> {
-        let lab = LabState::load_from(lab_dir)?;
+    pub fn open(
+        dir: &Path,
+        snapshot: &InventorySnapshot,
+        node: &str,
+        tables: &Tables,
+    ) -> anyhow::Result<StoreSink> {
         let store = FlowStore::open(dir)
             .with_context(|| format!("opening flow store {}", dir.display()))?;
         let baseline = tables.read_counters()?.into_iter().collect();
@@ -81,8 +84,8 @@ impl StoreSink {
         Ok(StoreSink {
             store,
             dir: dir.to_path_buf(),
-            inventory: Inventory::from_snapshot(&snapshot_of(&lab)),
-            node: lab.node.name,
+            inventory: Inventory::from_snapshot(&without_service_accounts(snapshot)),
+            node: node.to_string(),
             wall_offset_ns,
             started_mono_ns,
             baseline,
@@ -253,6 +256,8 @@ const QUEUE_DEPTH: usize = 128;
 enum Message {
     Events(Vec<FlowEvent>),
     L7(Box<L7Event>),
+    /// The inventory changed: later events resolve against this one.
+    Inventory(Box<InventorySnapshot>, String),
 }
 
 /// A [`StoreSink`] on its own thread, so that the event loop keeps reading
@@ -277,6 +282,11 @@ impl StoreThread {
                     match message {
                         Message::Events(batch) => sink.record_events(&batch)?,
                         Message::L7(ev) => sink.record_l7(&ev)?,
+                        Message::Inventory(snapshot, node) => {
+                            sink.inventory =
+                                Inventory::from_snapshot(&without_service_accounts(&snapshot));
+                            sink.node = node;
+                        }
                     }
                 }
                 Ok(sink)
@@ -306,6 +316,15 @@ impl StoreThread {
 
     pub fn record_l7(&mut self, ev: L7Event) -> anyhow::Result<()> {
         self.send(Message::L7(Box::new(ev)))
+    }
+
+    /// Queued behind the events already sent: they resolve with the old one.
+    pub fn set_inventory(
+        &mut self,
+        snapshot: InventorySnapshot,
+        node: String,
+    ) -> anyhow::Result<()> {
+        self.send(Message::Inventory(Box::new(snapshot), node))
     }
 
     fn finish_thread(&mut self) -> anyhow::Result<StoreSink> {
@@ -386,52 +405,21 @@ pub(crate) fn clock_offset() -> (i64, u64) {
     (wall - mono, mono.max(0) as u64)
 }
 
-/// The lab as the learner's inventory sees a cluster. No service account,
-/// like the agent's identities, so the labels match the identity numbers
-/// the datapath reports.
-fn snapshot_of(lab: &LabState) -> InventorySnapshot {
-    InventorySnapshot {
-        pods: lab
-            .pods
-            .iter()
-            .map(|p| PodInfo {
-                name: p.name.clone(),
-                namespace: p.namespace.clone(),
-                node: p.node.clone(),
-                ips: vec![IpAddr::V4(p.ip)],
-                host_network: p.host_network,
-                labels: p.labels.clone(),
-                service_account: None,
-                workload: p.workload.clone(),
-                phase: "Running".into(),
-                // Lab pods start during `lab up` and their IPs are never
-                // reused while it is up: alive from the epoch on.
-                started_ns: Some(0),
-                finished_ns: None,
-            })
-            .collect(),
-        namespaces: lab
-            .namespaces
-            .iter()
-            .map(|n| NamespaceInfo {
-                name: n.name.clone(),
-                labels: n.labels.clone(),
-            })
-            .collect(),
-        nodes: std::iter::once((&lab.node.name, lab.node.ip))
-            .chain(lab.remote_nodes.iter().map(|n| (&n.name, n.ip)))
-            .map(|(name, ip)| NodeInfo {
-                name: name.clone(),
-                addresses: vec![IpAddr::V4(ip)],
-            })
-            .collect(),
+/// The agent's identities carry no service account label (see the agent's
+/// inventory): the store's label sets must be the same ones.
+fn without_service_accounts(snapshot: &InventorySnapshot) -> InventorySnapshot {
+    let mut snapshot = snapshot.clone();
+    for pod in &mut snapshot.pods {
+        pod.service_account = None;
     }
+    snapshot
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use cnpilot_bpf::maps::verdict;
+    use cnpilot_learner::inventory::PodInfo;
 
     fn sink_for_test(dir: &Path) -> StoreSink {
         let snapshot = InventorySnapshot {
@@ -447,6 +435,7 @@ mod tests {
                 phase: "Running".into(),
                 started_ns: Some(0),
                 finished_ns: None,
+                ports: Vec::new(),
             }],
             namespaces: vec![],
             nodes: vec![],
