@@ -163,3 +163,134 @@ fn pods_that_come_and_go_are_attached_detached_and_reused_ips_rejudged() {
     drop(reuser);
     drop(agent);
 }
+
+/// Two nodes, an agent on each (`--node`, `--node-netns`), each writing its
+/// own store; the stores' `node=NAME` partitions merged into one directory
+/// are one table to `learn`, a flow seen on both nodes (egress on one,
+/// ingress on the other) listing both.
+#[test]
+fn two_nodes_two_agents_one_store_directory() {
+    if !cnpilot_bpf::testing::privileged_tests_enabled("two_nodes_two_agents_one_store_directory") {
+        return;
+    }
+    let lab = Lab::new();
+    let up = lab.cnpilot(&["lab", "up", "--scenario", "two-nodes"]);
+    assert!(up.status.success(), "lab up failed");
+    let state = lab.state();
+    let node1 = state["node"]["name"].as_str().unwrap().to_string();
+    let node2 = state["remoteNodes"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let node2_netns = format!(
+        "/run/netns/{}",
+        state["remoteNodes"][0]["netns"].as_str().unwrap()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (s1, s2) = (work.path().join("s1"), work.path().join("s2"));
+    let pin1 = format!("/sys/fs/bpf/cnpilot-{}", lab.prefix);
+    let pin2 = format!("/sys/fs/bpf/cnpilot-{}-n2", lab.prefix);
+    let record = |store: &Path, pin: &str, extra: &[&str]| {
+        std::process::Command::new(cnpilot_e2e::cnpilot_bin())
+            .args([
+                "record",
+                "--duration",
+                "9s",
+                "--events",
+                "/dev/null",
+                "--pin-dir",
+                pin,
+            ])
+            .arg("--store")
+            .arg(store)
+            .args(extra)
+            .env("CNPILOT_LAB_PREFIX", &lab.prefix)
+            .env("CNPILOT_LAB_DIR", lab.dir.path())
+            .env("CNPILOT_STATE_DIR", lab.dir.path().join("state"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = record(&s1, &pin1, &[]);
+    let second = record(
+        &s2,
+        &pin2,
+        &[
+            "--node",
+            &node2,
+            "--node-netns",
+            &node2_netns,
+            "--proxy-port",
+            "0",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let traffic = lab.cnpilot(&["lab", "traffic", "--duration", "4s"]);
+    assert!(traffic.status.success() || traffic.status.code() == Some(1));
+    for (child, pin) in [(first, &pin1), (second, &pin2)] {
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("record ({pin}): {err}");
+        assert!(err.contains("pods attached"), "{err}");
+        let _ = lab.cnpilot(&["agent", "--down", "--pin-dir", pin]);
+    }
+    // One directory of both nodes' partitions.
+    let merged = work.path().join("all");
+    std::fs::create_dir_all(&merged).unwrap();
+    for store in [&s1, &s2] {
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .args(
+                std::fs::read_dir(store)
+                    .unwrap()
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("node=")
+                    }),
+            )
+            .arg(&merged)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let mut partitions: Vec<String> = std::fs::read_dir(&merged)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    partitions.sort();
+    let mut want = vec![format!("node={node1}"), format!("node={node2}")];
+    want.sort();
+    assert_eq!(
+        partitions, want,
+        "each agent wrote its own node's partition"
+    );
+    let out = lab.cnpilot(&["learn", "--store", merged.to_str().unwrap(), "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web_to_api = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["src_workload"] == "web" && r["dst_workload"] == "api" && r["dst_port"] == 8080)
+        .unwrap_or_else(|| panic!("no web -> api row in {rows:#}"));
+    let nodes: Vec<&str> = web_to_api["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        nodes.contains(&node1.as_str()) && nodes.contains(&node2.as_str()),
+        "web (node 2) -> api (node 1) is seen leaving one node and entering the other: {web_to_api:#}"
+    );
+}

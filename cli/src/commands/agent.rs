@@ -735,6 +735,26 @@ fn reprogram_policy(
             },
         });
     }
+    for pod in &inv.remote_pods {
+        ipcache.push(IpcacheEntry {
+            addr: pod.ip,
+            prefix_len: 32,
+            value: IpcacheValue {
+                identity: pod.identity,
+                flags: 0,
+            },
+        });
+    }
+    for addr in &inv.remote_nodes {
+        ipcache.push(IpcacheEntry {
+            addr: *addr,
+            prefix_len: 32,
+            value: IpcacheValue {
+                identity: identity::REMOTE_NODE,
+                flags: 0,
+            },
+        });
+    }
     // Policy CIDRs first, pods' /32s override them (same key = later wins).
     let mut all: Vec<IpcacheEntry> = entries.ipcache.clone();
     for e in ipcache {

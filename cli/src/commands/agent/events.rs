@@ -67,8 +67,8 @@ pub struct Peer {
 }
 
 fn peer(inv: &Inventory, ip: Ipv4Addr, port: u16, identity: u32) -> Peer {
-    let pod = inv.pods.iter().find(|p| p.ip == ip);
-    let labels = match inv.pods.iter().find(|p| p.identity == identity) {
+    let pod = inv.all_pods().find(|p| p.ip == ip);
+    let labels = match inv.all_pods().find(|p| p.identity == identity) {
         Some(p) => p
             .identity_labels
             .iter()

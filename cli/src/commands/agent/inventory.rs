@@ -45,6 +45,11 @@ pub struct Inventory {
     pub node_netns: PathBuf,
     pub node_ip: Ipv4Addr,
     pub pods: Vec<Pod>,
+    /// Other nodes' pods: in the ipcache with their identities (as Cilium's
+    /// is cluster-wide), never attached to (no interface here).
+    pub remote_pods: Vec<Pod>,
+    /// Other nodes' addresses: `remote-node` in the ipcache.
+    pub remote_nodes: Vec<Ipv4Addr>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// This node's pods that have no route to an interface yet (a pod being
     /// wired up): picked up by a later refresh.
@@ -162,9 +167,10 @@ impl Inventory {
             .collect();
         let no_labels = BTreeMap::new();
         let mut pods = Vec::new();
+        let mut remote_pods = Vec::new();
         let mut unrouted = Vec::new();
         for p in &snapshot.pods {
-            if p.node != node || p.host_network || p.is_terminated() {
+            if p.host_network || p.is_terminated() {
                 continue;
             }
             let Some(ip) = p.ips.iter().find_map(|a| match a {
@@ -173,14 +179,29 @@ impl Inventory {
             }) else {
                 continue; // no address yet: not wired up
             };
-            let Some((host_veth, host_ifindex)) = routes.get(&ip) else {
-                unrouted.push(format!("{}/{} ({ip})", p.namespace, p.name));
-                continue;
-            };
             // No service account: the datapath's identities and the flow
             // store's labels are the same label sets (one identity model).
             let ns_labels = namespaces.get(&p.namespace).unwrap_or(&no_labels);
             let labels = Labels::identity_of_pod(&p.labels, &p.namespace, None, ns_labels);
+            if p.node != node {
+                remote_pods.push(Pod {
+                    identity: identities.allocate(&labels),
+                    http_ports: Vec::new(),
+                    identity_labels: labels,
+                    ns_id: ns_id(&p.namespace),
+                    namespace: p.namespace.clone(),
+                    workload: p.workload.clone(),
+                    name: p.name.clone(),
+                    ip,
+                    host_veth: String::new(),
+                    host_ifindex: 0,
+                });
+                continue;
+            }
+            let Some((host_veth, host_ifindex)) = routes.get(&ip) else {
+                unrouted.push(format!("{}/{} ({ip})", p.namespace, p.name));
+                continue;
+            };
             let mut http_ports: Vec<u16> = p
                 .ports
                 .iter()
@@ -207,20 +228,39 @@ impl Inventory {
             namespaces.entry(p.namespace.clone()).or_default();
         }
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        remote_pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let remote_nodes = snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.name != node)
+            .filter_map(|n| {
+                n.addresses.iter().find_map(|a| match a {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+            })
+            .collect();
         Ok(Inventory {
             node_name: node.to_string(),
             node_netns: node_netns.to_path_buf(),
             node_ip,
             pods,
+            remote_pods,
+            remote_nodes,
             namespaces,
             unrouted,
         })
     }
 
+    /// This node's pods, then other nodes': for naming peers.
+    pub fn all_pods(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.iter().chain(&self.remote_pods)
+    }
+
     /// `namespace/workload` for a local identity, Cilium's reserved name
     /// otherwise (`world`, `host`, ...).
     pub fn name_of_identity(&self, id: u32) -> String {
-        if let Some(p) = self.pods.iter().find(|p| p.identity == id) {
+        if let Some(p) = self.all_pods().find(|p| p.identity == id) {
             return format!("{}/{}", p.namespace, p.workload);
         }
         ReservedIdentity::from_number(id)
@@ -380,6 +420,16 @@ mod tests {
             inv.pods.len(),
             2,
             "the other node's and the unrouted pod are not ours"
+        );
+        assert_eq!(inv.remote_pods.len(), 1);
+        assert_eq!(inv.remote_pods[0].name, "far-1");
+        assert_eq!(
+            inv.name_of_identity(inv.remote_pods[0].identity),
+            "tenant-a/far"
+        );
+        assert_eq!(
+            inv.remote_nodes,
+            vec!["198.18.255.2".parse::<Ipv4Addr>().unwrap()]
         );
         assert_eq!(
             inv.unrouted,

@@ -97,7 +97,7 @@ impl Visibility {
 /// policies the agent enforces select exactly what the flow store records).
 fn identity_inputs(inv: &Inventory) -> Vec<IdentityInput> {
     let mut inputs: Vec<IdentityInput> = Vec::new();
-    for pod in &inv.pods {
+    for pod in inv.all_pods() {
         if let Some(existing) = inputs.iter_mut().find(|i| i.id == pod.identity) {
             existing.addrs.push(pod.ip);
             continue;
