@@ -10,17 +10,25 @@ pub fn named(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
+/// Moves the calling thread (only it) into the network namespace at
+/// `netns`; threads it spawns afterwards start there too. The one `setns`
+/// of the workspace.
+pub fn enter(netns: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(netns)?;
+    // SAFETY: setns on a valid fd we own; it affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Runs `f` on a thread inside the network namespace at `netns` (a bind
 /// mount such as `/run/netns/NAME`, or `/proc/PID/ns/net`).
 pub fn run_in<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
-    let file = std::fs::File::open(netns)?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns on a valid fd we own; it affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            enter(netns)?;
             Ok(f())
         })
         .join()

@@ -11,8 +11,6 @@ mod agent_api;
 mod commands;
 mod lab;
 mod outcome;
-#[cfg_attr(not(test), allow(dead_code))]
-mod proxy;
 
 use outcome::Outcome;
 
@@ -86,7 +84,8 @@ enum Command {
     Diff(commands::diff::DiffArgs),
     /// Which rule allows or denies a flow, and the evidence behind it.
     Explain(commands::explain::ExplainArgs),
-    /// Datapath and pipeline benchmarks.
+    /// Datapath and pipeline benchmarks (built with the `bench` feature).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
 }
@@ -115,6 +114,7 @@ fn main() -> ExitCode {
         Command::Review(args) => commands::review::run(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Explain(args) => commands::explain::run(args),
+        #[cfg(feature = "bench")]
         Command::Bench(cmd) => commands::bench::run(cmd),
     };
     match result {

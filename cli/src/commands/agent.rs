@@ -485,7 +485,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                             .map(|p| p.namespace.clone());
                         if let Some(ns) = ns {
                             hub.count(&ns, match ev.verdict {
-                                crate::proxy::event::L7Verdict::Denied => socket::Denial::L7Denied,
+                                cnpilot_proxy::event::L7Verdict::Denied => socket::Denial::L7Denied,
                                 _ => socket::Denial::L7WouldDeny,
                             });
                         }

@@ -377,8 +377,8 @@ struct L7Row {
     non_200: u64,
 }
 
-impl From<&crate::proxy::bench::LoadResult> for L7Row {
-    fn from(r: &crate::proxy::bench::LoadResult) -> Self {
+impl From<&cnpilot_proxy::bench::LoadResult> for L7Row {
+    fn from(r: &cnpilot_proxy::bench::LoadResult) -> Self {
         L7Row {
             requests_per_s: r.rps,
             p50_us: r.p50_us,
@@ -393,7 +393,7 @@ impl From<&crate::proxy::bench::LoadResult> for L7Row {
 fn run_l7(seconds: u64, connections: usize, output: Format) -> anyhow::Result<Outcome> {
     anyhow::ensure!(seconds > 0, "--seconds must be at least 1");
     anyhow::ensure!(connections > 0, "--connections must be at least 1");
-    let report = crate::proxy::bench::run_l7_bench(crate::proxy::bench::L7BenchOptions {
+    let report = cnpilot_proxy::bench::run_l7_bench(cnpilot_proxy::bench::L7BenchOptions {
         connections,
         duration: Duration::from_secs(seconds),
     })

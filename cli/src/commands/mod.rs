@@ -1,4 +1,5 @@
 pub mod agent;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod demo;
 pub mod diff;

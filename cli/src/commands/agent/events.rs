@@ -7,8 +7,8 @@ use cnpilot_bpf::maps::{reason, verdict, FlowEvent};
 use serde::Serialize;
 
 use super::inventory::Inventory;
-use crate::proxy::event::{L7Event, L7Verdict};
 use cnpilot_learner::ReservedIdentity;
+use cnpilot_proxy::event::{L7Event, L7Verdict};
 
 /// What turns datapath time into wall time and names the node, once per
 /// agent run (the kernel stamps events with the monotonic clock).

@@ -24,10 +24,10 @@ use cnpilot_recommender::CompiledPolicy;
 use tokio::sync::mpsc;
 
 use super::inventory::Inventory;
-use crate::proxy::event::L7Event;
-use crate::proxy::listener::{bind_transparent, L7Proxy, ProxyConfig};
-use crate::proxy::netns::spawn_in_netns;
-use crate::proxy::policy::{
+use cnpilot_proxy::event::L7Event;
+use cnpilot_proxy::listener::{bind_transparent, L7Proxy, ProxyConfig};
+use cnpilot_proxy::netns::spawn_in_netns;
+use cnpilot_proxy::policy::{
     HttpRequestView, Identity, IdentityResolver, L7Decision, L7Mode, L7Policy, ModeResolver,
 };
 

@@ -35,7 +35,7 @@ use cnpilot_bpf::Tables;
 use cnpilot_learner::inventory::InventorySnapshot;
 use cnpilot_learner::{Direction, FlowRecord, FlowStore, Inventory, L7Protocol, Verdict, L7};
 
-use crate::proxy::event::{L7Event, L7Verdict};
+use cnpilot_proxy::event::{L7Event, L7Verdict};
 
 /// Segments are written at least this often, so `cnpilot learn` sees a
 /// long-running agent's flows (the write-ahead file already makes them durable).

@@ -6,7 +6,8 @@
 
 use std::net::IpAddr;
 
-use regex::Regex;
+use cnpilot_recommender::compile::{http_matches, HttpRequest};
+use cnpilot_recommender::model::HttpRegex;
 
 /// A Cilium numeric security identity (reserved ones keep Cilium's numbers).
 pub type Identity = u32;
@@ -91,26 +92,20 @@ pub trait L7Policy: Send + Sync + 'static {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
-    #[error("rule {rule}: {field} `{pattern}` is not a valid regex: {source}")]
+    #[error("rule {rule}: {field} `{pattern}` is not a valid regex: {reason}")]
     BadRegex {
         rule: String,
         field: &'static str,
         pattern: String,
-        #[source]
-        source: Box<regex::Error>,
+        reason: String,
     },
 }
 
-/// One `rules.http` entry. Method, path and host are regexes that must match
-/// the WHOLE value (Envoy `safe_regex` header matchers are full matches);
-/// a header entry is `Name` (present) or `Name: value` (exact value).
+/// One `rules.http` entry, matched exactly as the evaluator matches it
+/// (the recommender's `http_matches`: full-match regexes for method, path
+/// and host; a header entry is `Name` (present) or `Name: value`).
 #[derive(Clone, Debug)]
-pub struct HttpRule {
-    method: Option<Regex>,
-    path: Option<Regex>,
-    host: Option<Regex>,
-    headers: Vec<(String, Option<String>)>,
-}
+pub struct HttpRule(cnpilot_recommender::model::HttpRule);
 
 impl HttpRule {
     pub fn new(
@@ -124,59 +119,32 @@ impl HttpRule {
             pattern
                 .filter(|p| !p.is_empty())
                 .map(|p| {
-                    Regex::new(&format!("^(?:{p})$")).map_err(|e| RuleError::BadRegex {
+                    HttpRegex::new(p).map_err(|reason| RuleError::BadRegex {
                         rule: rule.to_string(),
                         field,
                         pattern: p.to_string(),
-                        source: Box::new(e),
+                        reason,
                     })
                 })
                 .transpose()
         };
-        let headers = headers
-            .iter()
-            .map(|h| match h.split_once(':') {
-                Some((n, v)) => (n.trim().to_string(), Some(v.trim().to_string())),
-                None => (h.trim().to_string(), None),
-            })
-            .collect();
-        Ok(Self {
+        Ok(Self(cnpilot_recommender::model::HttpRule {
             method: compile("method", method)?,
             path: compile("path", path)?,
             host: compile("host", host)?,
-            headers,
-        })
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            header_matches: None,
+        }))
     }
 
     pub fn matches(&self, req: &HttpRequestView<'_>) -> bool {
-        if self
-            .method
-            .as_ref()
-            .is_some_and(|m| !m.is_match(req.method))
-        {
-            return false;
-        }
-        if self
-            .path
-            .as_ref()
-            .is_some_and(|p| !p.is_match(req.envoy_path))
-        {
-            return false;
-        }
-        if self
-            .host
-            .as_ref()
-            .is_some_and(|h| !h.is_match(req.host.unwrap_or("")))
-        {
-            return false;
-        }
-        self.headers
-            .iter()
-            .all(|(name, value)| match (req.header(name), value) {
-                (Some(_), None) => true,
-                (Some(got), Some(want)) => got == want,
-                (None, _) => false,
-            })
+        let request = HttpRequest {
+            method: req.method.to_string(),
+            path: req.envoy_path.to_string(),
+            host: req.host.map(str::to_string),
+            headers: req.headers.iter().cloned().collect(),
+        };
+        http_matches(&self.0, &request)
     }
 }
 

@@ -42,26 +42,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
-#[allow(dead_code)]
-#[path = "../src/proxy"]
-mod proxy {
-    pub mod bench;
-    pub mod conn;
-    pub mod demo_api;
-    pub mod event;
-    pub mod http1;
-    pub mod listener;
-    pub mod netns;
-    pub mod normalize;
-    pub mod policy;
-}
-
-use proxy::demo_api::{serve_demo_api, SeenLog};
-use proxy::event::{L7Event, L7Verdict};
-use proxy::http1::{parse_response_head, BodyFraming};
-use proxy::listener::{bind_explicit, bind_transparent, L7Proxy, ProxyConfig};
-use proxy::netns::{spawn_in_netns, L7Lab};
-use proxy::policy::{HttpRule, IdentityResolver, L7Mode, ModeResolver, PeerRule, RulePolicy};
+use cnpilot_proxy::demo_api::{serve_demo_api, SeenLog};
+use cnpilot_proxy::event::{L7Event, L7Verdict};
+use cnpilot_proxy::http1::{parse_response_head, BodyFraming};
+use cnpilot_proxy::listener::{bind_explicit, bind_transparent, L7Proxy, ProxyConfig};
+use cnpilot_proxy::netns::spawn_in_netns;
+use cnpilot_proxy::policy::{
+    HttpRule, IdentityResolver, L7Mode, ModeResolver, PeerRule, RulePolicy,
+};
+use cnpilot_proxy::testbed::L7Lab;
 
 const PROXY_PORT: u16 = 15001;
 const FRONTEND: usize = 0;
@@ -136,7 +125,7 @@ struct Running {
     events: std_mpsc::Receiver<L7Event>,
     enforce: Arc<AtomicBool>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<Result<(), proxy::listener::ProxyError>>>,
+    threads: Vec<std::thread::JoinHandle<Result<(), cnpilot_proxy::listener::ProxyError>>>,
     lab: L7Lab,
 }
 

@@ -2,50 +2,18 @@
 //! the lab: client namespaces -> a routing `node` namespace -> a server
 //! namespace, with an nft `tproxy` rule inside the node namespace only.
 //! Used by the bench and the root tests; addresses from 198.18.0.0/15.
+//! Test scaffolding: built with the `testbed` feature only.
 
-use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::JoinHandle;
 
 use super::listener::ProxyError;
 
 /// Packet mark the tproxy rule sets; routed locally by `ip rule` in the node.
 pub const TPROXY_MARK: u32 = 0x200;
 const TPROXY_TABLE: u32 = 200;
-
-/// Moves the calling thread into a named network namespace (`ip netns`).
-pub fn enter_netns(name: &str) -> Result<(), ProxyError> {
-    let path = format!("/run/netns/{name}");
-    let file = File::open(&path).map_err(|e| ProxyError::Setup(format!("open {path}: {e}")))?;
-    // SAFETY: setns on a valid namespace fd only changes this thread's
-    // network namespace; it has no memory-safety preconditions.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(ProxyError::Setup(format!(
-            "setns {name}: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
-/// Runs `f` on a new thread inside `netns`; threads it spawns (a tokio
-/// runtime's workers) inherit the namespace.
-pub fn spawn_in_netns<T, F>(netns: &str, f: F) -> JoinHandle<Result<T, ProxyError>>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    let netns = netns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&netns)?;
-        Ok(f())
-    })
-}
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), ProxyError> {
     let mut child = Command::new(program)

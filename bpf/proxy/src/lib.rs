@@ -10,6 +10,10 @@
 //! [`listener::L7Proxy::serve`] on a runtime whose threads are in the node namespace
 //! ([`netns::spawn_in_netns`] does both).
 //!
+//! HTTP rules are matched by the recommender's matcher
+//! (`cnpilot_recommender::compile::lookup::http_matches`): one reading of
+//! `rules.http` for the evaluator, the replay and the proxy.
+//!
 //! Semantics follow Cilium with Envoy: method/path/host are regexes matched
 //! against the whole value; the path is matched as Envoy's `:path` (path plus
 //! `?query`) after normalization ([`normalize`]), and the normalized path is
@@ -23,8 +27,10 @@
 //! targets are rejected, pipelined requests are forwarded one at a time (in
 //! order, never concurrently), IPv6 is untested, DNS visibility is missing.
 
+#[cfg(any(test, feature = "testbed"))]
 pub mod bench;
 pub mod conn;
+#[cfg(any(test, feature = "testbed"))]
 pub mod demo_api;
 pub mod event;
 pub mod http1;
@@ -32,6 +38,8 @@ pub mod listener;
 pub mod netns;
 pub mod normalize;
 pub mod policy;
+#[cfg(any(test, feature = "testbed"))]
+pub mod testbed;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

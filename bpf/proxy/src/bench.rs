@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use super::demo_api::serve_demo_api;
 use super::http1::{parse_response_head, BodyFraming};
 use super::listener::{bind_explicit, bind_transparent, L7Proxy, ProxyConfig, ProxyError};
-use super::netns::{spawn_in_netns, L7Lab};
+use super::netns::spawn_in_netns;
 use super::policy::{HttpRule, IdentityResolver, L7Mode, ModeResolver, PeerRule, RulePolicy};
+use super::testbed::L7Lab;
 
 #[derive(Clone, Copy, Debug)]
 pub struct L7BenchOptions {
