@@ -53,7 +53,7 @@ pub enum ApplyError {
     #[error("cannot reach the API server at {server}: {cause}")]
     Unreachable { server: String, cause: String },
     /// Any other refusal, with the server's own words.
-    #[error("the API server refused it ({code} {reason}): {message}")]
+    #[error("the API server refused it ({code}{}): {message}", if .reason.is_empty() { String::new() } else { format!(" {}", .reason) })]
     Rejected {
         code: u16,
         reason: String,
@@ -167,7 +167,13 @@ fn from_status(status: &Status, req: &Attempt<'_>) -> ApplyError {
 fn rejected(status: &Status) -> ApplyError {
     ApplyError::Rejected {
         code: status.code,
-        reason: status.reason.clone(),
+        // Kubernetes reasons are one CamelCase word; kube fills in a sentence
+        // of its own when the body was not a Status.
+        reason: if status.reason.contains(' ') {
+            String::new()
+        } else {
+            status.reason.clone()
+        },
         // Multi-line messages (field lists) stay on one line.
         message: status
             .message

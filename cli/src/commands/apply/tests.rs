@@ -448,6 +448,18 @@ async fn other_refusals_keep_the_servers_words_and_the_run_goes_on() {
     );
     assert_eq!(results[1].result.as_ref().unwrap(), &Change::Created);
 
+    // A proxy in front of the API server answering in plain text.
+    let (_, results) = run(
+        &policies(CNP),
+        Options::default(),
+        vec![Reply(502, "upstream connect error".into())],
+    )
+    .await;
+    assert_eq!(
+        error_of(&results).to_string(),
+        "the API server refused it (502): upstream connect error"
+    );
+
     // A 401 names the server; an answer that is not an object is said so.
     let (_, results) = run(
         &policies(CNP),
