@@ -27,7 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The loop: observe in audit mode (`agent`, `record`, `import hubble`;
 /// watch the flows with `observe`), learn the flow table (`learn`), check and test policy (`policy`), and run
 /// all of it on one machine with the network-namespace `lab`; then
-/// `recommend` least-privilege policies, `review`, `diff` and `explain` them.
+/// `recommend` least-privilege policies, `review`, `diff` and `explain` them,
+/// and `apply` them to a cluster.
 #[derive(Debug, Parser)]
 #[command(name = "cnpilot", version, propagate_version = true)]
 struct Cli {
@@ -84,6 +85,8 @@ enum Command {
     Diff(commands::diff::DiffArgs),
     /// Which rule allows or denies a flow, and the evidence behind it.
     Explain(commands::explain::ExplainArgs),
+    /// Server-side apply CNP/CCNP files to a cluster (field manager `cnpilot`).
+    Apply(commands::apply::ApplyArgs),
     /// Datapath and pipeline benchmarks (built with the `bench` feature).
     #[cfg(feature = "bench")]
     #[command(subcommand)]
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Command::Review(args) => commands::review::run(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Explain(args) => commands::explain::run(args),
+        Command::Apply(args) => commands::apply::run(args),
         #[cfg(feature = "bench")]
         Command::Bench(cmd) => commands::bench::run(cmd),
     };
@@ -145,6 +149,7 @@ impl Command {
                 | Command::Review(_)
                 | Command::Diff(_)
                 | Command::Explain(_)
+                | Command::Apply(_)
         )
     }
 }

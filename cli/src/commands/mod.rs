@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod apply;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod demo;
