@@ -108,6 +108,18 @@ impl Lab {
         serde_json::from_str(&text).expect("state.json is JSON")
     }
 
+    /// The address of the first pod of `namespace`.
+    pub fn first_pod_ip(&self, namespace: &str) -> String {
+        self.state()["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .find(|p| p["namespace"] == namespace)
+            .and_then(|p| p["ip"].as_str())
+            .unwrap_or_else(|| panic!("no pod in {namespace}"))
+            .to_string()
+    }
+
     /// What of this lab is still on the machine (empty when all is gone).
     pub fn leftovers(&self) -> Vec<String> {
         let ns_prefix = format!("{}-", self.prefix);

@@ -107,13 +107,7 @@ fn pods_that_come_and_go_are_attached_detached_and_reused_ips_rejudged() {
         return;
     };
     let agent = SeedAgent::start(&lab, work.path());
-    let payments = lab.state()["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == "payments")
-        .map(|p| p["ip"].as_str().unwrap().to_string())
-        .unwrap();
+    let payments = lab.first_pod_ip("payments");
     let url = format!("http://{payments}:8080/api/v1/charges");
     let veth = format!("{}np0", lab.prefix);
 

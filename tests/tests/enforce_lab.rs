@@ -226,13 +226,7 @@ fn staged_enforce_resumes_finishes_and_rolls_back_by_itself() {
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
-    let payments_ip = lab.state()["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == "payments")
-        .map(|p| p["ip"].as_str().unwrap().to_string())
-        .unwrap();
+    let payments_ip = lab.first_pod_ip("payments");
     let newcomer = NewPod::start(&lab, "198.18.200.10");
     // Its first SYN is dropped under enforce; the rollback lands before
     // TCP's retransmission a second later, so the request still succeeds.

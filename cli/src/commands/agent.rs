@@ -341,13 +341,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             .context("attaching the proxy's sk_lookup program to the node namespace")?;
     }
     for pod in &inv.pods {
-        dp.attach(Some(&inv.node_netns), &pod.host_veth)
-            .with_context(|| {
-                format!(
-                    "attaching to {} ({}/{})",
-                    pod.host_veth, pod.namespace, pod.name
-                )
-            })?;
+        attach_pod(&mut dp, &inv.node_netns, pod)?;
     }
     let mut reader = dp.events()?;
     let socket_path = args
@@ -648,14 +642,23 @@ fn churn(
     }
     program_maps(dp, inv, entries, None, keep_mode)?;
     for pod in &changes.attach {
-        dp.attach(Some(&inv.node_netns), &pod.host_veth)
-            .with_context(|| {
-                format!(
-                    "attaching to {} ({}/{})",
-                    pod.host_veth, pod.namespace, pod.name
-                )
-            })?;
+        attach_pod(dp, &inv.node_netns, pod)?;
     }
+    Ok(())
+}
+
+fn attach_pod(
+    dp: &mut Datapath,
+    node_netns: &std::path::Path,
+    pod: &inventory::Pod,
+) -> anyhow::Result<()> {
+    dp.attach(Some(node_netns), &pod.host_veth)
+        .with_context(|| {
+            format!(
+                "attaching to {} ({}/{})",
+                pod.host_veth, pod.namespace, pod.name
+            )
+        })?;
     Ok(())
 }
 
