@@ -5,8 +5,10 @@ mod events;
 mod instance;
 mod inventory;
 mod l7;
+mod maps;
 mod policy;
 mod socket;
+mod source;
 pub(crate) mod store;
 
 use std::io::Write;
@@ -15,13 +17,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use cnpilot_bpf::maps::{identity, verdict, EndpointValue, IpcacheValue, IPCACHE_F_LOCAL_ENDPOINT};
-use cnpilot_bpf::{Datapath, IpcacheEntry, Mode, Tables, DEFAULT_PIN_DIR};
+use cnpilot_bpf::maps::verdict;
+use cnpilot_bpf::{Datapath, Mode, Tables, DEFAULT_PIN_DIR};
 
 use crate::Outcome;
-use cnpilot_learner::inventory::{InventorySource, SnapshotFile};
 pub use inventory::ns_id;
+use maps::{attach_pod, churn, program_maps, reprogram_policy};
 pub use policy::Visibility;
+use source::{inventory_source, node_of};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -187,76 +190,6 @@ fn staged_namespaces(
         .map(|(ns, _)| ns.namespace.clone())
         .collect();
     Ok((staged, keep_mode))
-}
-
-/// This node's name and namespace: the flags, else the lab's (with
-/// `--inventory lab`), else the host name and this process's namespace.
-fn node_of(args: &AgentArgs) -> anyhow::Result<(String, Option<PathBuf>)> {
-    let lab = (args.inventory == "lab")
-        .then(|| crate::lab::state::LabState::load_from(&args.lab_dir))
-        .transpose()
-        .context("--inventory lab needs a lab (`cnpilot lab up`), or give --inventory kube|FILE")?;
-    let name = match (&args.node, &lab) {
-        (Some(n), _) => n.clone(),
-        (None, Some(lab)) => lab.node.name.clone(),
-        (None, None) => host_name().context("no --node given and no host name to use")?,
-    };
-    let netns = match (&args.node_netns, &lab) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(lab)) => Some(cnpilot_bpf::netns::named(&lab.node.netns)),
-        (None, None) => None,
-    };
-    Ok((name, netns))
-}
-
-fn host_name() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is ours and its length is passed.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    std::str::from_utf8(&buf[..end])
-        .ok()
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
-}
-
-/// The inventory source of `--inventory`; `kube` needs the runtime.
-fn inventory_source(
-    args: &AgentArgs,
-    rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<Box<dyn InventorySource>> {
-    Ok(match args.inventory.as_str() {
-        "lab" => Box::new(SnapshotFile::new(crate::lab::state::inventory_path(
-            &args.lab_dir,
-        ))),
-        "kube" => {
-            let source = rt
-                .block_on(async {
-                    let source = cnpilot_learner::inventory::KubeSource::connect().await?;
-                    tokio::time::timeout(Duration::from_secs(30), source.wait_ready())
-                        .await
-                        .map_err(|_| {
-                            cnpilot_learner::inventory::InventoryError::Kube(
-                                "no answer from the API server within 30 s".into(),
-                            )
-                        })??;
-                    Ok::<_, cnpilot_learner::inventory::InventoryError>(source)
-                })
-                .context("--inventory kube")?;
-            Box::new(source)
-        }
-        file => {
-            let path = PathBuf::from(file);
-            anyhow::ensure!(
-                path.is_file(),
-                "--inventory {file}: no such file (expected lab, kube or a kubectl JSON file)"
-            );
-            Box::new(SnapshotFile::new(path))
-        }
-    })
 }
 
 fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
@@ -619,156 +552,6 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
 /// within this plus the time to attach: well under the 2 s a new pod may
 /// wait).
 const INVENTORY_REFRESH: Duration = Duration::from_millis(500);
-
-/// Applies an inventory change: gone interfaces are detached first (their
-/// endpoint entries go with them), then every map is rewritten for the new
-/// inventory (a reused IP's ipcache entry now names its new pod), and only
-/// then are new interfaces attached, so a new pod's first packet is judged
-/// with its own identity.
-fn churn(
-    dp: &mut Datapath,
-    args: &AgentArgs,
-    changes: &inventory::Changes,
-    inv: &inventory::Inventory,
-    entries: &policy::MapEntries,
-    keep_mode: &[String],
-) -> anyhow::Result<()> {
-    for pod in &changes.detach {
-        cnpilot_bpf::detach(&args.pin_dir, &pod.host_veth)
-            .with_context(|| format!("detaching from {}", pod.host_veth))?;
-        if !inv.pods.iter().any(|p| p.host_ifindex == pod.host_ifindex) {
-            dp.tables_mut().remove_endpoint(pod.host_ifindex)?;
-        }
-    }
-    program_maps(dp, inv, entries, None, keep_mode)?;
-    for pod in &changes.attach {
-        attach_pod(dp, &inv.node_netns, pod)?;
-    }
-    Ok(())
-}
-
-fn attach_pod(
-    dp: &mut Datapath,
-    node_netns: &std::path::Path,
-    pod: &inventory::Pod,
-) -> anyhow::Result<()> {
-    dp.attach(Some(node_netns), &pod.host_veth)
-        .with_context(|| {
-            format!(
-                "attaching to {} ({}/{})",
-                pod.host_veth, pod.namespace, pod.name
-            )
-        })?;
-    Ok(())
-}
-
-/// Endpoints, ipcache, policy, subjects, modes. Policy is written before
-/// subjects so a newly selected identity has its allows before it becomes
-/// default-deny.
-fn program_maps(
-    dp: &mut Datapath,
-    inv: &inventory::Inventory,
-    entries: &policy::MapEntries,
-    mode: Option<Mode>,
-    keep_mode: &[String],
-) -> anyhow::Result<()> {
-    reprogram_policy(dp, inv, entries)?;
-    let t = dp.tables_mut();
-    for ns in inv.namespaces.keys() {
-        let id = ns_id(ns);
-        let current = t
-            .modes()?
-            .into_iter()
-            .find(|(k, _)| *k == id)
-            .map(|(_, m)| m);
-        match (mode, current) {
-            (Some(m), _) if keep_mode.contains(ns) => {
-                eprintln!(
-                    "cnpilot agent: {ns}: keeps its mode ({}), not --mode {m}: a staged enforce owns it",
-                    current.map_or_else(|| "audit".to_string(), |c| c.to_string())
-                );
-                if current.is_none() {
-                    t.set_mode(id, Mode::Audit)?;
-                }
-            }
-            (Some(m), _) => {
-                t.set_mode(id, m)?;
-            }
-            (None, None) => {
-                t.set_mode(id, Mode::Audit)?;
-            }
-            (None, Some(_)) => {}
-        }
-    }
-    Ok(())
-}
-
-/// Endpoints, ipcache, policy and subjects, without touching any mode: the
-/// start of the agent and a reload alike.
-fn reprogram_policy(
-    dp: &mut Datapath,
-    inv: &inventory::Inventory,
-    entries: &policy::MapEntries,
-) -> anyhow::Result<()> {
-    let t = dp.tables_mut();
-    let mut ipcache = vec![IpcacheEntry {
-        addr: inv.node_ip,
-        prefix_len: 32,
-        value: IpcacheValue {
-            identity: identity::HOST,
-            flags: 0,
-        },
-    }];
-    for pod in &inv.pods {
-        t.upsert_endpoint(
-            pod.host_ifindex,
-            EndpointValue {
-                identity: pod.identity,
-                ns_id: pod.ns_id,
-                addr: u32::from(pod.ip).to_be(),
-                flags: 0,
-            },
-        )?;
-        ipcache.push(IpcacheEntry {
-            addr: pod.ip,
-            prefix_len: 32,
-            value: IpcacheValue {
-                identity: pod.identity,
-                flags: IPCACHE_F_LOCAL_ENDPOINT,
-            },
-        });
-    }
-    for pod in &inv.remote_pods {
-        ipcache.push(IpcacheEntry {
-            addr: pod.ip,
-            prefix_len: 32,
-            value: IpcacheValue {
-                identity: pod.identity,
-                flags: 0,
-            },
-        });
-    }
-    for addr in &inv.remote_nodes {
-        ipcache.push(IpcacheEntry {
-            addr: *addr,
-            prefix_len: 32,
-            value: IpcacheValue {
-                identity: identity::REMOTE_NODE,
-                flags: 0,
-            },
-        });
-    }
-    // Policy CIDRs first, pods' /32s override them (same key = later wins).
-    let mut all: Vec<IpcacheEntry> = entries.ipcache.clone();
-    for e in ipcache {
-        all.retain(|x| !(x.addr == e.addr && x.prefix_len == e.prefix_len));
-        all.push(e);
-    }
-    t.set_ipcache(&all)?;
-    t.replace_policy(entries.policy.iter().copied())?;
-    t.replace_subjects(entries.subjects.iter().copied())?;
-    Ok(())
-}
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(

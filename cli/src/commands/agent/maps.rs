@@ -1,0 +1,158 @@
+//! Programming the datapath's maps for an inventory: at start, on a reload
+//! and on pod churn.
+
+use anyhow::Context;
+use cnpilot_bpf::maps::{identity, EndpointValue, IpcacheValue, IPCACHE_F_LOCAL_ENDPOINT};
+use cnpilot_bpf::{Datapath, IpcacheEntry, Mode};
+
+use super::{inventory, ns_id, policy, AgentArgs};
+
+/// Applies an inventory change: gone interfaces are detached first (their
+/// endpoint entries go with them), then every map is rewritten for the new
+/// inventory (a reused IP's ipcache entry now names its new pod), and only
+/// then are new interfaces attached, so a new pod's first packet is judged
+/// with its own identity.
+pub(super) fn churn(
+    dp: &mut Datapath,
+    args: &AgentArgs,
+    changes: &inventory::Changes,
+    inv: &inventory::Inventory,
+    entries: &policy::MapEntries,
+    keep_mode: &[String],
+) -> anyhow::Result<()> {
+    for pod in &changes.detach {
+        cnpilot_bpf::detach(&args.pin_dir, &pod.host_veth)
+            .with_context(|| format!("detaching from {}", pod.host_veth))?;
+        if !inv.pods.iter().any(|p| p.host_ifindex == pod.host_ifindex) {
+            dp.tables_mut().remove_endpoint(pod.host_ifindex)?;
+        }
+    }
+    program_maps(dp, inv, entries, None, keep_mode)?;
+    for pod in &changes.attach {
+        attach_pod(dp, &inv.node_netns, pod)?;
+    }
+    Ok(())
+}
+
+pub(super) fn attach_pod(
+    dp: &mut Datapath,
+    node_netns: &std::path::Path,
+    pod: &inventory::Pod,
+) -> anyhow::Result<()> {
+    dp.attach(Some(node_netns), &pod.host_veth)
+        .with_context(|| {
+            format!(
+                "attaching to {} ({}/{})",
+                pod.host_veth, pod.namespace, pod.name
+            )
+        })?;
+    Ok(())
+}
+
+/// Endpoints, ipcache, policy, subjects, modes. Policy is written before
+/// subjects so a newly selected identity has its allows before it becomes
+/// default-deny.
+pub(super) fn program_maps(
+    dp: &mut Datapath,
+    inv: &inventory::Inventory,
+    entries: &policy::MapEntries,
+    mode: Option<Mode>,
+    keep_mode: &[String],
+) -> anyhow::Result<()> {
+    reprogram_policy(dp, inv, entries)?;
+    let t = dp.tables_mut();
+    for ns in inv.namespaces.keys() {
+        let id = ns_id(ns);
+        let current = t
+            .modes()?
+            .into_iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, m)| m);
+        match (mode, current) {
+            (Some(m), _) if keep_mode.contains(ns) => {
+                eprintln!(
+                    "cnpilot agent: {ns}: keeps its mode ({}), not --mode {m}: a staged enforce owns it",
+                    current.map_or_else(|| "audit".to_string(), |c| c.to_string())
+                );
+                if current.is_none() {
+                    t.set_mode(id, Mode::Audit)?;
+                }
+            }
+            (Some(m), _) => {
+                t.set_mode(id, m)?;
+            }
+            (None, None) => {
+                t.set_mode(id, Mode::Audit)?;
+            }
+            (None, Some(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Endpoints, ipcache, policy and subjects, without touching any mode: the
+/// start of the agent and a reload alike.
+pub(super) fn reprogram_policy(
+    dp: &mut Datapath,
+    inv: &inventory::Inventory,
+    entries: &policy::MapEntries,
+) -> anyhow::Result<()> {
+    let t = dp.tables_mut();
+    let mut ipcache = vec![IpcacheEntry {
+        addr: inv.node_ip,
+        prefix_len: 32,
+        value: IpcacheValue {
+            identity: identity::HOST,
+            flags: 0,
+        },
+    }];
+    for pod in &inv.pods {
+        t.upsert_endpoint(
+            pod.host_ifindex,
+            EndpointValue {
+                identity: pod.identity,
+                ns_id: pod.ns_id,
+                addr: u32::from(pod.ip).to_be(),
+                flags: 0,
+            },
+        )?;
+        ipcache.push(IpcacheEntry {
+            addr: pod.ip,
+            prefix_len: 32,
+            value: IpcacheValue {
+                identity: pod.identity,
+                flags: IPCACHE_F_LOCAL_ENDPOINT,
+            },
+        });
+    }
+    for pod in &inv.remote_pods {
+        ipcache.push(IpcacheEntry {
+            addr: pod.ip,
+            prefix_len: 32,
+            value: IpcacheValue {
+                identity: pod.identity,
+                flags: 0,
+            },
+        });
+    }
+    for addr in &inv.remote_nodes {
+        ipcache.push(IpcacheEntry {
+            addr: *addr,
+            prefix_len: 32,
+            value: IpcacheValue {
+                identity: identity::REMOTE_NODE,
+                flags: 0,
+            },
+        });
+    }
+    // Policy CIDRs first, pods' /32s override them (same key = later wins).
+    let mut all: Vec<IpcacheEntry> = entries.ipcache.clone();
+    for e in ipcache {
+        all.retain(|x| !(x.addr == e.addr && x.prefix_len == e.prefix_len));
+        all.push(e);
+    }
+    t.set_ipcache(&all)?;
+    t.replace_policy(entries.policy.iter().copied())?;
+    t.replace_subjects(entries.subjects.iter().copied())?;
+    Ok(())
+}
