@@ -8,6 +8,7 @@ pub mod loader;
 pub mod maps;
 pub mod netns;
 pub mod ringbench;
+pub mod sys;
 pub mod tables;
 
 pub mod testbed;

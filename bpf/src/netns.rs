@@ -14,7 +14,12 @@ pub fn named(name: &str) -> PathBuf {
 /// `netns`; threads it spawns afterwards start there too. The one `setns`
 /// of the workspace.
 pub fn enter(netns: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::open(netns)?;
+    enter_file(&std::fs::File::open(netns)?)
+}
+
+/// [`enter`] with the namespace already open (a file held across many
+/// entries).
+pub fn enter_file(file: &std::fs::File) -> std::io::Result<()> {
     // SAFETY: setns on a valid fd we own; it affects only this thread.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {

@@ -4,9 +4,7 @@
 /// skip and returns `false`, except under `CI=true`, where every tier must
 /// run: there it panics so the run fails instead of passing vacuously.
 pub fn privileged_tests_enabled(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
+    if crate::sys::is_root() {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {

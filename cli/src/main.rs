@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod agent_api;
 mod commands;
 mod lab;
 mod outcome;

@@ -1,15 +1,8 @@
-//! `cnpilot agent`, `cnpilot mode`, `cnpilot record`: load the datapath,
-//! attach it to every lab pod, fill its maps, stream its events.
+//! `cnpilot agent`, `cnpilot mode`, `cnpilot record`: the flags and the
+//! printing around the node agent (`cnpilot-agent`), and where its
+//! inventory comes from (`--inventory lab|kube|FILE`).
 
-mod events;
-mod instance;
-mod inventory;
-mod l7;
-mod maps;
-mod policy;
-mod socket;
 mod source;
-pub(crate) mod store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,13 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use cnpilot_bpf::maps::verdict;
-use cnpilot_bpf::{Datapath, Mode, Tables, DEFAULT_PIN_DIR};
+use cnpilot_agent::{Agent, AgentConfig, Notice, RunOptions, StagedSet, Visibility};
+use cnpilot_bpf::{Mode, Tables, DEFAULT_PIN_DIR};
 
 use crate::Outcome;
-pub use inventory::ns_id;
-use maps::{attach_pod, churn, program_maps, reprogram_policy};
-pub use policy::Visibility;
+pub use cnpilot_agent::{ns_id, parse_ring_mib, DEFAULT_RING_MIB};
 use source::{inventory_source, node_of};
 
 #[derive(Debug, Args)]
@@ -63,7 +54,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH")]
     pub node_netns: Option<PathBuf>,
     /// The lab's state directory (`--inventory lab`).
-    #[arg(long, env = "CNPILOT_LAB_DIR", default_value = inventory::DEFAULT_LAB_DIR)]
+    #[arg(long, env = "CNPILOT_LAB_DIR", default_value = crate::lab::state::DEFAULT_DIR)]
     pub lab_dir: PathBuf,
     /// Flow store directory: every event (and L7 request) also becomes a
     /// learner `FlowRecord` there, durable once appended; `cnpilot learn
@@ -76,7 +67,7 @@ pub struct AgentArgs {
     /// Port of the transparent L7 (HTTP) proxy in the node namespace, for
     /// ports with `rules.http`; 0 runs no proxy (those ports are then
     /// decided at L3/L4 only: their HTTP rules are not enforced).
-    #[arg(long, default_value_t = l7::DEFAULT_PROXY_PORT)]
+    #[arg(long, default_value_t = cnpilot_agent::DEFAULT_PROXY_PORT)]
     pub proxy_port: u16,
     /// Size of the event ring buffer, in MiB (a power of two). 256 KiB
     /// overflowed at 300k events/s on a busy 2-core node; 16 MiB held
@@ -104,22 +95,6 @@ pub struct AgentArgs {
     pub state_dir: PathBuf,
 }
 
-/// The agent's event ring buffer (see `--ring-buffer-mib`).
-pub const DEFAULT_RING_MIB: u32 = 16;
-
-/// A power of two from 1 to 1024 MiB.
-pub fn parse_ring_mib(text: &str) -> Result<u32, String> {
-    let mib: u32 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number of MiB"))?;
-    if !(1..=1024).contains(&mib) || !mib.is_power_of_two() {
-        return Err(format!(
-            "{mib} MiB: the ring buffer must be a power of two from 1 to 1024 MiB"
-        ));
-    }
-    Ok(mib)
-}
-
 #[derive(Debug, Args)]
 pub struct ModeArgs {
     /// The Kubernetes namespace to flip.
@@ -142,10 +117,8 @@ pub struct RecordArgs {
 
 pub fn run_agent(args: AgentArgs) -> anyhow::Result<Outcome> {
     if args.down {
-        if let Ok((_, Some(node))) = node_of(&args) {
-            l7::remove_proxy_route(&node);
-        }
-        cnpilot_bpf::unpin_all(&args.pin_dir)?;
+        let node = node_of(&args).ok().and_then(|(_, netns)| netns);
+        cnpilot_agent::down(&args.pin_dir, node.as_deref())?;
         eprintln!("cnpilot: detached and unpinned {}", args.pin_dir.display());
         return Ok(Outcome::Success);
     }
@@ -169,33 +142,36 @@ pub fn run_mode(args: ModeArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// The namespaces a staged enforce has taken over, and where their
-/// proposals are.
-fn staged_namespaces(
-    state_dir: &std::path::Path,
-) -> anyhow::Result<(Vec<policy::Staged>, Vec<String>)> {
-    use crate::commands::enforce::state::{self, Stage};
-    let records = state::all(state_dir)?;
-    let staged = records
-        .iter()
-        .filter(|(_, r)| r.stage.proposal_loaded())
-        .map(|(ns, _)| policy::Staged {
-            namespace: ns.namespace.clone(),
-            dir: ns.policies_dir(),
+/// The staged-enforce records of `cnpilot enforce`, as the agent asks for
+/// them.
+struct EnforceRecords(PathBuf);
+
+impl cnpilot_agent::StagedSource for EnforceRecords {
+    fn staged(&self) -> Result<StagedSet, Box<dyn std::error::Error + Send + Sync>> {
+        use crate::commands::enforce::state::{self, Stage};
+        let records = state::all(&self.0)?;
+        let namespaces = records
+            .iter()
+            .filter(|(_, r)| r.stage.proposal_loaded())
+            .map(|(ns, _)| cnpilot_agent::Staged {
+                namespace: ns.namespace.clone(),
+                dir: ns.policies_dir(),
+            })
+            .collect();
+        let keep_mode = records
+            .iter()
+            .filter(|(_, r)| matches!(r.stage, Stage::Enforce | Stage::Watch | Stage::Done))
+            .map(|(ns, _)| ns.namespace.clone())
+            .collect();
+        Ok(StagedSet {
+            namespaces,
+            keep_mode,
         })
-        .collect();
-    let keep_mode = records
-        .iter()
-        .filter(|(_, r)| matches!(r.stage, Stage::Enforce | Stage::Watch | Stage::Done))
-        .map(|(ns, _)| ns.namespace.clone())
-        .collect();
-    Ok((staged, keep_mode))
+    }
 }
 
 fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
-    let _instance = instance::acquire(&args.pin_dir)?;
     let (node_name, node_netns) = node_of(&args)?;
-    let node_netns = node_netns.unwrap_or_else(|| PathBuf::from(inventory::OWN_NETNS));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -203,109 +179,53 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         .context("starting the tokio runtime")?;
     let _in_runtime = rt.enter();
     let source = inventory_source(&args, &rt)?;
-    let mut snapshot = source
-        .snapshot()
-        .with_context(|| format!("reading the inventory ({})", source.describe()))?;
-    let mut identities = cnpilot_learner::IdentityAllocator::new();
-    let mut inv = inventory::Inventory::build(&snapshot, &node_name, &node_netns, &mut identities)?;
-    for pod in &inv.unrouted {
-        eprintln!("cnpilot agent: {pod}: no route to an interface yet; attached when it has one");
-    }
-    let visibility = args.http_visibility.clone().unwrap_or(match duration {
-        Some(_) => Visibility::Auto(Vec::new()),
-        None => Visibility::Off,
-    });
-    let (staged, keep_mode) = staged_namespaces(&args.state_dir)?;
-    for ns in &staged {
-        eprintln!(
-            "cnpilot agent: {}: policies from its staged enforce ({})",
-            ns.namespace,
-            ns.dir.display()
-        );
-    }
-    let compile = |staged: &[policy::Staged], inv: &inventory::Inventory| {
-        policy::compile(
-            args.policies.as_deref(),
-            staged,
-            inv,
-            args.proxy_port,
-            &visibility,
-        )
-    };
-    let entries = compile(&staged, &inv)?;
-
-    store::fresh_event_ring(&args.pin_dir);
-    let mut dp = Datapath::load_or_open_with(&args.pin_dir, Some(args.ring_buffer_mib << 20))?;
-    // Tells `lab down` which pins to remove with the lab.
-    let pins_note = args.lab_dir.join(crate::lab::AGENT_PIN_DIR_FILE);
-    let lab_note = if args.inventory == "lab" {
-        std::fs::write(&pins_note, args.pin_dir.display().to_string())
-    } else {
-        Ok(())
-    };
-    if let Err(err) = lab_note {
-        tracing::warn!(
-            "{}: {err}; `lab down` will not remove the pins",
-            pins_note.display()
-        );
-    }
-    program_maps(&mut dp, &inv, &entries, args.mode, &keep_mode)?;
-    let slot = std::sync::Arc::new(l7::PolicySlot::new(std::sync::Arc::clone(
-        &entries.compiled,
-    )));
-    let ns_of_identity: l7::NamespaceOfIdentity =
-        std::sync::Arc::new(std::sync::RwLock::new(l7::namespaces_of(&inv)));
-    // The proxy listens before any program can hand it a connection.
-    let mut http_events = match args.proxy_port {
-        0 => None,
-        port => {
-            l7::install_proxy_route(&inv.node_netns)?;
-            Some(l7::start_proxy(
-                &inv,
-                std::sync::Arc::clone(&slot),
-                std::sync::Arc::clone(&ns_of_identity),
-                &args.pin_dir,
-                port,
-            )?)
+    if args.inventory == "lab" {
+        // Tells `lab down` which pins to remove with the lab.
+        let pins_note = args.lab_dir.join(crate::lab::AGENT_PIN_DIR_FILE);
+        if let Err(err) = std::fs::write(&pins_note, args.pin_dir.display().to_string()) {
+            tracing::warn!(
+                "{}: {err}; `lab down` will not remove the pins",
+                pins_note.display()
+            );
         }
-    };
-    if http_events.is_some() {
-        dp.attach_proxy_lookup(&inv.node_netns)
-            .context("attaching the proxy's sk_lookup program to the node namespace")?;
     }
-    for pod in &inv.pods {
-        attach_pod(&mut dp, &inv.node_netns, pod)?;
-    }
-    let mut reader = dp.events()?;
-    let socket_path = args
+    let socket = args
         .socket
         .clone()
-        .unwrap_or_else(|| crate::agent_api::socket_for(&args.pin_dir));
-    let (hub, mut reloads) = socket::serve(&socket_path)?;
-    let cx = events::LineContext::new(inv.node_name.clone());
-    let mut sink = match &args.store {
-        Some(dir) => Some(store::StoreThread::spawn(store::StoreSink::open(
-            dir,
-            &snapshot,
-            &node_name,
-            dp.tables(),
-        )?)?),
-        None => None,
+        .unwrap_or_else(|| cnpilot_agent::api::socket_for(&args.pin_dir));
+    let config = AgentConfig {
+        policies: args.policies.clone(),
+        mode: args.mode,
+        pin_dir: args.pin_dir.clone(),
+        node_name,
+        node_netns: node_netns.unwrap_or_else(|| PathBuf::from(cnpilot_agent::OWN_NETNS)),
+        store: args.store.clone(),
+        proxy_port: args.proxy_port,
+        ring_buffer_mib: args.ring_buffer_mib,
+        visibility: args.http_visibility.clone().unwrap_or(match duration {
+            Some(_) => Visibility::Auto(Vec::new()),
+            None => Visibility::Off,
+        }),
+        socket: socket.clone(),
+        staged: Some(Box::new(EnforceRecords(args.state_dir.clone()))),
+        notices: Box::new(|notice: Notice| eprintln!("cnpilot agent: {notice}")),
     };
+    let agent = Agent::start(config, source)?;
+    let started = agent.started();
     eprintln!(
         "cnpilot agent: {} pods attached, {} policy entries, {} namespaces; pinned under {}; \
          socket {}",
-        inv.pods.len(),
-        entries.policy.len(),
-        inv.namespaces.len(),
+        started.pods_attached,
+        started.policy_entries,
+        started.modes.len(),
         args.pin_dir.display(),
-        socket_path.display()
+        socket.display()
     );
-    for ns in inv.namespaces.keys() {
-        eprintln!("  {ns}: {}", dp.tables().mode(ns_id(ns))?);
+    for (ns, mode) in &started.modes {
+        eprintln!("  {ns}: {mode}");
     }
 
-    let mut out: Box<dyn Write> = if args.events == "-" {
+    let events: Box<dyn Write + Send> = if args.events == "-" {
         Box::new(std::io::stdout())
     } else {
         Box::new(std::io::BufWriter::new(
@@ -313,7 +233,6 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
                 .with_context(|| format!("creating {}", args.events))?,
         ))
     };
-    let (mut seen, mut drops) = (0u64, 0u64);
     // `record` is a fixed window: a bar shows how much of it is left and
     // what has been seen so far (hidden when stderr is not a terminal).
     let bar = match duration {
@@ -329,203 +248,18 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         }
         None => indicatif::ProgressBar::hidden(),
     };
-    let started = std::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut refresh = tokio::time::interval(INVENTORY_REFRESH);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let publish_modes = |t: &Tables, inv: &inventory::Inventory| {
-        let modes = inv
-            .namespaces
-            .keys()
-            .map(|ns| {
-                let mode = t
-                    .mode(ns_id(ns))
-                    .map_or_else(|e| format!("? ({e})"), |m| m.to_string());
-                (ns.clone(), mode)
-            })
-            .collect();
-        hub.set_modes(modes);
+    let options = RunOptions {
+        duration,
+        events,
+        drops_only: args.drops_only,
     };
-    publish_modes(dp.tables(), &inv);
-    let result: anyhow::Result<()> = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let deadline = async {
-            match duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                batch = reader.next_batch() => {
-                    let batch = batch?;
-                    if let Some(sink) = sink.as_mut() {
-                        sink.record_events(batch.clone())?;
-                    }
-                    let live = hub.has_clients();
-                    for ev in batch {
-                        seen += 1;
-                        let dropped = ev.verdict == verdict::WOULD_DROP || ev.verdict == verdict::DROPPED;
-                        drops += u64::from(dropped);
-                        if dropped {
-                            if let Some(ns) = inv.namespace_of_ns_id(ev.ns_id) {
-                                hub.count(ns, if ev.verdict == verdict::DROPPED {
-                                    socket::Denial::Dropped
-                                } else {
-                                    socket::Denial::WouldDrop
-                                });
-                            }
-                        }
-                        let to_file = !args.drops_only || dropped;
-                        if !to_file && !live {
-                            continue;
-                        }
-                        let text: std::sync::Arc<str> =
-                            serde_json::to_string(&events::line(&ev, &inv, &cx))?.into();
-                        if live {
-                            hub.publish(&text);
-                        }
-                        if to_file {
-                            out.write_all(text.as_bytes())?;
-                            out.write_all(b"\n")?;
-                        }
-                    }
-                    out.flush()?;
-                }
-                Some(ev) = async {
-                    match http_events.as_mut() {
-                        Some(rx) => rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    seen += 1;
-                    let dropped = events::http_is_drop(&ev);
-                    if let Some(sink) = sink.as_mut() {
-                        sink.record_l7(ev.clone())?;
-                    }
-                    drops += u64::from(dropped);
-                    if dropped {
-                        let ns = inv.pods.iter().find(|p| p.identity == ev.dst_identity)
-                            .or_else(|| inv.pods.iter().find(|p| p.identity == ev.src_identity))
-                            .map(|p| p.namespace.clone());
-                        if let Some(ns) = ns {
-                            hub.count(&ns, match ev.verdict {
-                                cnpilot_proxy::event::L7Verdict::Denied => socket::Denial::L7Denied,
-                                _ => socket::Denial::L7WouldDeny,
-                            });
-                        }
-                    }
-                    let live = hub.has_clients();
-                    if live || !args.drops_only || dropped {
-                        let text: std::sync::Arc<str> =
-                            serde_json::to_string(&events::http_line(&ev, &inv, &cx))?.into();
-                        if live {
-                            hub.publish(&text);
-                        }
-                        if !args.drops_only || dropped {
-                            out.write_all(text.as_bytes())?;
-                            out.write_all(b"\n")?;
-                            out.flush()?;
-                        }
-                    }
-                }
-                _ = refresh.tick() => {
-                    let next = match source.snapshot() {
-                        Ok(next) => next,
-                        Err(e) => {
-                            tracing::warn!("inventory ({}): {e}; keeping the last one", source.describe());
-                            continue;
-                        }
-                    };
-                    // Unrouted pods may have been wired since: look again.
-                    if next == snapshot && inv.unrouted.is_empty() {
-                        continue;
-                    }
-                    let changed_at = std::time::Instant::now();
-                    let new_inv = match inventory::Inventory::build(&next, &node_name, &node_netns, &mut identities) {
-                        Ok(new_inv) => new_inv,
-                        Err(e) => {
-                            tracing::warn!("inventory: {e:#}; keeping the last one");
-                            continue;
-                        }
-                    };
-                    let changes = inventory::Changes::between(&inv, &new_inv);
-                    if next != snapshot {
-                        if let Some(sink) = sink.as_mut() {
-                            sink.set_inventory(next.clone(), node_name.clone())?;
-                        }
-                    }
-                    snapshot = next;
-                    if changes.is_empty() && new_inv.pods == inv.pods && new_inv.namespaces == inv.namespaces {
-                        inv = new_inv;
-                        continue;
-                    }
-                    let (now_staged, keep_mode) = staged_namespaces(&args.state_dir)?;
-                    let entries = compile(&now_staged, &new_inv)?;
-                    churn(&mut dp, &args, &changes, &new_inv, &entries, &keep_mode)?;
-                    slot.replace(std::sync::Arc::clone(&entries.compiled));
-                    match ns_of_identity.write() {
-                        Ok(mut map) => *map = l7::namespaces_of(&new_inv),
-                        Err(poisoned) => *poisoned.into_inner() = l7::namespaces_of(&new_inv),
-                    }
-                    let names = |pods: &[inventory::Pod]| pods.iter()
-                        .map(|p| format!("{}/{} ({}, {})", p.namespace, p.name, p.ip, p.host_veth))
-                        .collect::<Vec<_>>().join(", ");
-                    if !changes.detach.is_empty() {
-                        eprintln!("cnpilot agent: detached {}", names(&changes.detach));
-                    }
-                    if !changes.attach.is_empty() {
-                        eprintln!(
-                            "cnpilot agent: attached {} ({:.1} ms after reading the change)",
-                            names(&changes.attach),
-                            changed_at.elapsed().as_secs_f64() * 1000.0
-                        );
-                    }
-                    inv = new_inv;
-                    publish_modes(dp.tables(), &inv);
-                }
-                Some(request) = reloads.recv() => {
-                    let result = staged_namespaces(&args.state_dir)
-                        .and_then(|(now_staged, _)| {
-                            let entries = compile(&now_staged, &inv)?;
-                            reprogram_policy(&mut dp, &inv, &entries)?;
-                            slot.replace(std::sync::Arc::clone(&entries.compiled));
-                            Ok(format!(
-                                "{} policy entries, {} staged namespaces",
-                                entries.policy.len(),
-                                now_staged.len()
-                            ))
-                        })
-                        .map_err(|e| format!("{e:#}"));
-                    match &result {
-                        Ok(summary) => tracing::info!("reloaded: {summary}"),
-                        Err(e) => tracing::warn!("reload failed: {e}"),
-                    }
-                    let _ = request.reply.send(result);
-                }
-                _ = tick.tick() => {
-                    publish_modes(dp.tables(), &inv);
-                    if duration.is_some() {
-                        bar.set_position(started.elapsed().as_millis() as u64);
-                        bar.set_message(format!("{seen} events, {drops} would-drop/drop"));
-                    }
-                }
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = &mut deadline => break,
-            }
-        }
-        Ok(())
-    });
+    let stopped = rt.block_on(agent.run(options, |p| {
+        bar.set_position(p.elapsed.as_millis() as u64);
+        bar.set_message(format!("{} events, {} would-drop/drop", p.seen, p.drops));
+    }));
     bar.finish_and_clear();
-    let _ = std::fs::remove_file(&socket_path);
-    result?;
-    out.flush()?;
-    let flows = dp.tables().read_counters()?;
-    if let (Some(sink), Some(dir)) = (sink, &args.store) {
-        let s = sink.join()?.finish(dp.tables())?;
+    let stopped = stopped?;
+    if let (Some(s), Some(dir)) = (&stopped.store, &args.store) {
         eprintln!(
             "cnpilot agent: flow store {}: {} event records, {} L7 records, {} counter records \
              ({} connections recovered from counters)",
@@ -537,21 +271,16 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         );
     }
     eprintln!(
-        "cnpilot agent: stopping; {seen} events ({drops} would-drop/drop), {} flows counted; \
+        "cnpilot agent: stopping; {} events ({} would-drop/drop), {} flows counted; \
          programs stay attached and pinned (`cnpilot agent --down` removes them)",
-        flows.len()
+        stopped.seen, stopped.drops, stopped.flows
     );
-    Ok(if drops > 0 && duration.is_some() {
+    Ok(if stopped.drops > 0 && duration.is_some() {
         Outcome::Finding
     } else {
         Outcome::Success
     })
 }
-
-/// How often the agent reads its inventory again (pod churn is picked up
-/// within this plus the time to attach: well under the 2 s a new pod may
-/// wait).
-const INVENTORY_REFRESH: Duration = Duration::from_millis(500);
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(

@@ -68,7 +68,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         rate: u64,
         /// Ring buffer size in MiB (a power of two); the agent's default.
-        #[arg(long, default_value_t = super::agent::DEFAULT_RING_MIB, value_parser = super::agent::parse_ring_mib)]
+        #[arg(long, default_value_t = cnpilot_agent::DEFAULT_RING_MIB, value_parser = cnpilot_agent::parse_ring_mib)]
         ring_buffer_mib: u32,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,

@@ -56,7 +56,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
             Outcome::Finding
         });
     }
-    if !is_root() {
+    if !cnpilot_bpf::sys::is_root() {
         bail!("the lab part of the demo needs root (network namespaces, eBPF); `cnpilot demo --policies-only` runs without it");
     }
 
@@ -374,11 +374,6 @@ fn run_checked(me: &Path, args: &[&str]) -> anyhow::Result<()> {
         bail!("`cnpilot {}` reported a finding", args.join(" "));
     }
     Ok(())
-}
-
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// The source checkout, for the shipped policies and cases: the current

@@ -132,7 +132,7 @@ fn source_of(args: &ObserveArgs) -> anyhow::Result<Source> {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
         })
-        .unwrap_or_else(|| crate::agent_api::socket_for(&args.pin_dir));
+        .unwrap_or_else(|| cnpilot_agent::api::socket_for(&args.pin_dir));
     Ok(Source::Live(socket))
 }
 

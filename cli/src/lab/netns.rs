@@ -1,10 +1,7 @@
 //! The system calls and `ip` invocations the lab is built from: network
 //! namespaces, running code inside one, and the lab's own processes.
 
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where `ip netns add` mounts namespaces, and where `ip netns exec` finds
@@ -35,27 +32,14 @@ pub fn ip_batch(netns: Option<&str>, commands: &[String]) -> Result<(), NetnsErr
         args.extend(["-n", ns]);
     }
     args.extend(["-batch", "-"]);
-    let mut child = Command::new("ip")
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NetnsError::Spawn)?;
     let script = commands.join("\n") + "\n";
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(NetnsError::Spawn)?;
-    }
-    let out = child.wait_with_output().map_err(NetnsError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetnsError::Ip {
+    match cnpilot_bpf::sys::run("ip", &args, Some(&script)) {
+        Ok(_) => Ok(()),
+        Err(cnpilot_bpf::sys::CommandError::Spawn { source, .. }) => Err(NetnsError::Spawn(source)),
+        Err(cnpilot_bpf::sys::CommandError::Failed { stderr, .. }) => Err(NetnsError::Ip {
             args: format!("{} <<< {}", args.join(" "), commands.join("; ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+            stderr,
+        }),
     }
 }
 
@@ -106,13 +90,7 @@ where
 
 /// Moves the calling thread into the network namespace behind `file`.
 pub fn enter_netns(file: &std::fs::File) -> std::io::Result<()> {
-    // SAFETY: setns on a valid, open namespace fd; it changes only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    cnpilot_bpf::netns::enter_file(file)
 }
 
 pub fn open_netns(name: &str) -> Result<std::fs::File, NetnsError> {

@@ -62,8 +62,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
 }
 
 pub fn require_root(what: &str) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !cnpilot_bpf::sys::is_root() {
         bail!("{what} needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN to make network namespaces)");
     }
     Ok(())

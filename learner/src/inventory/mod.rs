@@ -117,6 +117,16 @@ pub trait InventorySource {
     fn snapshot(&self) -> Result<InventorySnapshot, InventoryError>;
 }
 
+/// A source chosen at run time (`--inventory lab|kube|FILE`) is a source.
+impl<S: InventorySource + ?Sized> InventorySource for Box<S> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn snapshot(&self) -> Result<InventorySnapshot, InventoryError> {
+        (**self).snapshot()
+    }
+}
+
 /// The identity side of a resolved address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {

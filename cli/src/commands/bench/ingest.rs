@@ -156,7 +156,7 @@ fn run_one(
     let tid = tid_rx.recv().context("the producer thread did not start")?;
     bench.start(tid)?;
     // Unix ns minus the clock of `bpf_ktime_get_ns`, as the agent takes it.
-    let (offset, _) = crate::commands::agent::store::clock_offset();
+    let (offset, _) = cnpilot_agent::store::clock_offset();
     let duration = Duration::from_secs_f64(seconds);
     let mut events: Vec<FlowEvent> = Vec::with_capacity(BATCH);
     let mut delivered: u64 = 0;

@@ -40,7 +40,7 @@ impl StateArgs {
     pub fn socket(&self) -> PathBuf {
         self.socket
             .clone()
-            .unwrap_or_else(|| crate::agent_api::socket_for(&self.pin_dir))
+            .unwrap_or_else(|| cnpilot_agent::api::socket_for(&self.pin_dir))
     }
 }
 
@@ -164,7 +164,7 @@ fn events(socket: PathBuf) -> Receiver<Msg> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || loop {
         use std::io::BufRead;
-        match crate::agent_api::subscribe(&socket) {
+        match cnpilot_agent::api::subscribe(&socket) {
             Ok(reader) => {
                 if tx.send(Msg::Connected).is_err() {
                     return;
@@ -315,7 +315,7 @@ impl Controller {
     }
 
     fn soak(&mut self, soak: Duration) -> anyhow::Result<()> {
-        let summary = crate::agent_api::reload(&self.socket)?;
+        let summary = cnpilot_agent::api::reload(&self.socket)?;
         say(&self.ns.namespace, &format!("agent reloaded: {summary}"));
         self.set_mode(Mode::Audit)?;
         let mut window = Instant::now();
@@ -468,7 +468,7 @@ pub fn run(args: EnforceArgs) -> anyhow::Result<Outcome> {
         c.transition(Stage::Watch, &format!("watch {}", human(args.watch)))?;
     } else {
         // A resumed watch: the flip may not have happened before the crash.
-        crate::agent_api::reload(&c.socket)?;
+        cnpilot_agent::api::reload(&c.socket)?;
         c.set_mode(Mode::Enforce)?;
     }
     watch::run(&mut c, &args)

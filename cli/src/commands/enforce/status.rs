@@ -81,7 +81,7 @@ struct Row {
 
 pub fn run_status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let records = state::all(&args.state.state_dir)?;
-    let agent = crate::agent_api::request(&args.state.socket(), "status");
+    let agent = cnpilot_agent::api::request(&args.state.socket(), "status");
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let tables = Tables::open_pinned(&args.state.pin_dir).ok();
     let mode_of = |ns: &str| {

@@ -107,7 +107,7 @@ impl Drop for AgentChild {
 }
 
 pub fn run(args: WizardArgs) -> anyhow::Result<Outcome> {
-    if !super::demo::is_root() {
+    if !cnpilot_bpf::sys::is_root() {
         bail!("the wizard runs the agent (eBPF, network namespaces): it needs root");
     }
     let me = std::env::current_exe().context("locating the cnpilot binary")?;
@@ -485,8 +485,8 @@ fn decide(
 /// The agent on `--pin-dir`: the one already running, or one started for
 /// the enforce step.
 fn start_agent(me: &Path, args: &WizardArgs) -> anyhow::Result<Option<AgentChild>> {
-    let socket = crate::agent_api::socket_for(&args.pin_dir);
-    if crate::agent_api::request(&socket, "status").is_ok() {
+    let socket = cnpilot_agent::api::socket_for(&args.pin_dir);
+    if cnpilot_agent::api::request(&socket, "status").is_ok() {
         println!("  using the agent already running at {}", socket.display());
         return Ok(None);
     }
@@ -510,7 +510,7 @@ fn start_agent(me: &Path, args: &WizardArgs) -> anyhow::Result<Option<AgentChild
         .context("starting cnpilot agent")?;
     let mut agent = AgentChild(child);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while crate::agent_api::request(&socket, "status").is_err() {
+    while cnpilot_agent::api::request(&socket, "status").is_err() {
         if let Some(status) = agent.0.try_wait()? {
             bail!(
                 "the agent stopped ({status}): {}",

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::error::Context;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -142,7 +142,7 @@ impl Hub {
 /// Binds the socket (replacing a stale one: a second agent is refused
 /// earlier, by the pin directory's lock) and serves it on the current
 /// runtime. Reload requests arrive on the returned channel.
-pub fn serve(path: &Path) -> anyhow::Result<(Arc<Hub>, mpsc::Receiver<ReloadRequest>)> {
+pub fn serve(path: &Path) -> crate::Result<(Arc<Hub>, mpsc::Receiver<ReloadRequest>)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -190,7 +190,7 @@ async fn client(
     stream: UnixStream,
     hub: Arc<Hub>,
     reload: mpsc::Sender<ReloadRequest>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut request = String::new();
     let mut reader = BufReader::new(read);
@@ -230,7 +230,7 @@ async fn client(
             reload
                 .send(ReloadRequest { reply })
                 .await
-                .map_err(|_| anyhow::anyhow!("the agent is stopping"))?;
+                .map_err(|_| crate::AgentError::invalid("the agent is stopping"))?;
             let body = match answer.await {
                 Ok(Ok(summary)) => serde_json::json!({ "ok": true, "summary": summary }),
                 Ok(Err(e)) => serde_json::json!({ "ok": false, "error": e }),

@@ -5,14 +5,14 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
+use crate::error::Context;
 use cnpilot_bpf::maps::{
     action, identity, Direction, IpcacheValue, PolicyKey, PolicyValue, SubjectKey, SubjectValue,
 };
 use cnpilot_bpf::IpcacheEntry;
 use cnpilot_recommender::{CompiledPolicy, IdentityInput};
 
-use super::inventory::Inventory;
+use crate::inventory::Inventory;
 
 pub struct MapEntries {
     pub policy: Vec<(PolicyKey, PolicyValue)>,
@@ -77,7 +77,7 @@ impl std::str::FromStr for Visibility {
 }
 
 impl Visibility {
-    fn ports_of(&self, pod: &super::inventory::Pod) -> Vec<u16> {
+    fn ports_of(&self, pod: &crate::inventory::Pod) -> Vec<u16> {
         let mut ports = match self {
             Visibility::Off => return Vec::new(),
             Visibility::Auto(extra) => {
@@ -209,7 +209,7 @@ fn add_visibility(
     added
 }
 
-fn load_dir(dir: &Path) -> anyhow::Result<cnpilot_recommender::PolicySet> {
+fn load_dir(dir: &Path) -> crate::Result<cnpilot_recommender::PolicySet> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading policy directory {}", dir.display()))?
         .filter_map(Result::ok)
@@ -235,7 +235,7 @@ pub struct Staged {
 fn effective_set(
     base: Option<&Path>,
     staged: &[Staged],
-) -> anyhow::Result<cnpilot_recommender::PolicySet> {
+) -> crate::Result<cnpilot_recommender::PolicySet> {
     let mut set = match base {
         Some(dir) => load_dir(dir)?,
         None => Default::default(),
@@ -272,7 +272,7 @@ pub fn compile(
     inv: &Inventory,
     proxy_port: u16,
     visibility: &Visibility,
-) -> anyhow::Result<MapEntries> {
+) -> crate::Result<MapEntries> {
     if base.is_none() && staged.is_empty() && *visibility == Visibility::Off {
         return Ok(none());
     }

@@ -11,11 +11,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use cnpilot_learner::inventory::InventorySnapshot;
 use cnpilot_learner::{IdentityAllocator, Labels, ReservedIdentity};
-
-pub const DEFAULT_LAB_DIR: &str = "/run/cnpilot/lab";
 
 /// The agent's own network namespace: on a real node, the node's.
 pub const OWN_NETNS: &str = "/proc/self/ns/net";
@@ -95,7 +93,7 @@ pub fn parse_proc_route(text: &str) -> BTreeMap<Ipv4Addr, String> {
 
 /// The node's /32 routes and the interface index of each routed interface,
 /// read inside `node_netns`.
-fn host_routes(node_netns: &Path) -> anyhow::Result<BTreeMap<Ipv4Addr, (String, u32)>> {
+fn host_routes(node_netns: &Path) -> crate::Result<BTreeMap<Ipv4Addr, (String, u32)>> {
     let read = || -> std::io::Result<BTreeMap<Ipv4Addr, (String, u32)>> {
         // thread-self: this thread's namespace (run_in switches only it).
         let text = std::fs::read_to_string("/proc/thread-self/net/route")?;
@@ -129,7 +127,7 @@ impl Inventory {
         node: &str,
         node_netns: &Path,
         identities: &mut IdentityAllocator,
-    ) -> anyhow::Result<Inventory> {
+    ) -> crate::Result<Inventory> {
         let routes = host_routes(node_netns)?;
         Self::build_with_routes(snapshot, node, node_netns, identities, &routes)
     }
@@ -140,7 +138,7 @@ impl Inventory {
         node_netns: &Path,
         identities: &mut IdentityAllocator,
         routes: &BTreeMap<Ipv4Addr, (String, u32)>,
-    ) -> anyhow::Result<Inventory> {
+    ) -> crate::Result<Inventory> {
         let Some(node_info) = snapshot.nodes.iter().find(|n| n.name == node) else {
             bail!(
                 "node `{node}` is not in the inventory (its nodes: {}); give this node's name with --node",

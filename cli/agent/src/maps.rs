@@ -1,27 +1,27 @@
 //! Programming the datapath's maps for an inventory: at start, on a reload
 //! and on pod churn.
 
-use anyhow::Context;
+use crate::error::Context;
 use cnpilot_bpf::maps::{identity, EndpointValue, IpcacheValue, IPCACHE_F_LOCAL_ENDPOINT};
 use cnpilot_bpf::{Datapath, IpcacheEntry, Mode};
 
-use super::{inventory, ns_id, policy, AgentArgs};
+use crate::{inventory, ns_id, policy, Notice};
 
 /// Applies an inventory change: gone interfaces are detached first (their
 /// endpoint entries go with them), then every map is rewritten for the new
 /// inventory (a reused IP's ipcache entry now names its new pod), and only
 /// then are new interfaces attached, so a new pod's first packet is judged
 /// with its own identity.
-pub(super) fn churn(
+pub(crate) fn churn(
     dp: &mut Datapath,
-    args: &AgentArgs,
+    pin_dir: &std::path::Path,
     changes: &inventory::Changes,
     inv: &inventory::Inventory,
     entries: &policy::MapEntries,
     keep_mode: &[String],
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     for pod in &changes.detach {
-        cnpilot_bpf::detach(&args.pin_dir, &pod.host_veth)
+        cnpilot_bpf::detach(pin_dir, &pod.host_veth)
             .with_context(|| format!("detaching from {}", pod.host_veth))?;
         if !inv.pods.iter().any(|p| p.host_ifindex == pod.host_ifindex) {
             dp.tables_mut().remove_endpoint(pod.host_ifindex)?;
@@ -34,11 +34,11 @@ pub(super) fn churn(
     Ok(())
 }
 
-pub(super) fn attach_pod(
+pub(crate) fn attach_pod(
     dp: &mut Datapath,
     node_netns: &std::path::Path,
     pod: &inventory::Pod,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     dp.attach(Some(node_netns), &pod.host_veth)
         .with_context(|| {
             format!(
@@ -51,15 +51,17 @@ pub(super) fn attach_pod(
 
 /// Endpoints, ipcache, policy, subjects, modes. Policy is written before
 /// subjects so a newly selected identity has its allows before it becomes
-/// default-deny.
-pub(super) fn program_maps(
+/// default-deny. Returns a notice per namespace whose mode a staged enforce
+/// kept from `mode`.
+pub(crate) fn program_maps(
     dp: &mut Datapath,
     inv: &inventory::Inventory,
     entries: &policy::MapEntries,
     mode: Option<Mode>,
     keep_mode: &[String],
-) -> anyhow::Result<()> {
+) -> crate::Result<Vec<Notice>> {
     reprogram_policy(dp, inv, entries)?;
+    let mut notices = Vec::new();
     let t = dp.tables_mut();
     for ns in inv.namespaces.keys() {
         let id = ns_id(ns);
@@ -70,10 +72,11 @@ pub(super) fn program_maps(
             .map(|(_, m)| m);
         match (mode, current) {
             (Some(m), _) if keep_mode.contains(ns) => {
-                eprintln!(
-                    "cnpilot agent: {ns}: keeps its mode ({}), not --mode {m}: a staged enforce owns it",
-                    current.map_or_else(|| "audit".to_string(), |c| c.to_string())
-                );
+                notices.push(Notice::KeepsMode {
+                    namespace: ns.clone(),
+                    mode: current.map_or_else(|| "audit".to_string(), |c| c.to_string()),
+                    asked: m,
+                });
                 if current.is_none() {
                     t.set_mode(id, Mode::Audit)?;
                 }
@@ -87,16 +90,16 @@ pub(super) fn program_maps(
             (None, Some(_)) => {}
         }
     }
-    Ok(())
+    Ok(notices)
 }
 
 /// Endpoints, ipcache, policy and subjects, without touching any mode: the
 /// start of the agent and a reload alike.
-pub(super) fn reprogram_policy(
+pub(crate) fn reprogram_policy(
     dp: &mut Datapath,
     inv: &inventory::Inventory,
     entries: &policy::MapEntries,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let t = dp.tables_mut();
     let mut ipcache = vec![IpcacheEntry {
         addr: inv.node_ip,

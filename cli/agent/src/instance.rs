@@ -12,7 +12,7 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use crate::error::Context;
 
 /// Held for the agent's lifetime; dropping it releases the pin directory.
 #[derive(Debug)]
@@ -22,11 +22,11 @@ pub struct Instance {
 
 /// The lock file of the agent on `pin_dir`.
 pub fn lock_path(pin_dir: &Path) -> PathBuf {
-    crate::agent_api::socket_for(pin_dir).with_extension("lock")
+    crate::api::socket_for(pin_dir).with_extension("lock")
 }
 
 /// Takes the pin directory for this process, or says who has it.
-pub fn acquire(pin_dir: &Path) -> anyhow::Result<Instance> {
+pub fn acquire(pin_dir: &Path) -> crate::Result<Instance> {
     let path = lock_path(pin_dir);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -49,12 +49,12 @@ pub fn acquire(pin_dir: &Path) -> anyhow::Result<Instance> {
                 Ok(pid) => format!("pid {pid}"),
                 Err(_) => "a process that has not written its pid yet".to_string(),
             };
-            bail!(
+            return Err(crate::AgentError::AlreadyRunning(format!(
                 "another cnpilot agent ({holder}) is running on {} (lock {}); stop it first, \
                  or give this one its own --pin-dir",
                 pin_dir.display(),
                 path.display()
-            );
+            )));
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("locking {}", path.display()))

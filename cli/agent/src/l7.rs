@@ -13,17 +13,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
+use crate::error::Context;
 use cnpilot_bpf::maps::{identity, mark, Direction};
 use cnpilot_bpf::{Mode, Tables};
 use cnpilot_recommender::compile::{HttpRequest, Outcome};
 use cnpilot_recommender::CompiledPolicy;
 use tokio::sync::mpsc;
 
-use super::inventory::Inventory;
+use crate::inventory::Inventory;
 use cnpilot_proxy::event::L7Event;
 use cnpilot_proxy::listener::{bind_transparent, L7Proxy, ProxyConfig};
 use cnpilot_proxy::netns::spawn_in_netns;
@@ -38,12 +37,12 @@ const TCP: u8 = 6;
 /// The proxy's routes and sysctl go into a *named* node namespace (`ip -n`):
 /// the lab's. On a node whose own namespace is the node namespace they
 /// would change the host's routing, which this version does not do yet.
-fn netns_name(netns: &Path) -> anyhow::Result<String> {
+fn netns_name(netns: &Path) -> crate::Result<String> {
     let named = matches!(
         netns.parent().and_then(|p| p.to_str()),
         Some("/run/netns" | "/var/run/netns")
     );
-    anyhow::ensure!(
+    crate::error::ensure!(
         named,
         "the L7 proxy runs in a named node namespace (/run/netns/NAME) only for now, not in {}: \
          run the agent with --proxy-port 0 (HTTP rules and visibility are then not enforced)",
@@ -56,33 +55,25 @@ fn netns_name(netns: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} is not a named network namespace", netns.display()))
 }
 
-fn ip(netns: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Command::new("ip")
-        .arg("-n")
-        .arg(netns)
-        .args(args)
-        .output()
-        .with_context(|| format!("running ip -n {netns} {}", args.join(" ")))
+/// `ip -n NETNS args…`: its stdout, or an error with its stderr.
+fn ip(netns: &str, args: &[&str]) -> crate::Result<String> {
+    let mut all = vec!["-n", netns];
+    all.extend_from_slice(args);
+    Ok(cnpilot_bpf::sys::run("ip", &all, None)?)
 }
 
 /// `ip rule fwmark TO_PROXY lookup T` + `local 0.0.0.0/0 dev lo table T`,
 /// in the node namespace only (never the host's), and early demux off
 /// there ([`disable_early_demux`]). Idempotent.
-pub fn install_proxy_route(node_netns: &Path) -> anyhow::Result<()> {
+pub fn install_proxy_route(node_netns: &Path) -> crate::Result<()> {
     let ns = netns_name(node_netns)?;
     disable_early_demux(&ns)?;
     let fwmark = format!("{:#x}/{:#x}", mark::TO_PROXY, mark::MAGIC_MASK);
     let table = mark::PROXY_ROUTE_TABLE.to_string();
-    let rules = ip(&ns, &["rule", "show"])?;
-    if !String::from_utf8_lossy(&rules.stdout).contains(&format!("lookup {table}")) {
-        let out = ip(&ns, &["rule", "add", "fwmark", &fwmark, "lookup", &table])?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ip -n {ns} rule add fwmark {fwmark} lookup {table}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    if !ip(&ns, &["rule", "show"])?.contains(&format!("lookup {table}")) {
+        ip(&ns, &["rule", "add", "fwmark", &fwmark, "lookup", &table])?;
     }
-    let out = ip(
+    ip(
         &ns,
         &[
             "route",
@@ -95,11 +86,6 @@ pub fn install_proxy_route(node_netns: &Path) -> anyhow::Result<()> {
             &table,
         ],
     )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip -n {ns} route replace local 0.0.0.0/0 dev lo table {table}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
     Ok(())
 }
 
@@ -116,23 +102,19 @@ pub fn install_proxy_route(node_netns: &Path) -> anyhow::Result<()> {
 /// node namespace loses nothing by it (its forwarded traffic never had a
 /// socket to find; its own few sockets take the normal lookup). The lab sets
 /// it at `lab up` too, so it holds before any agent ran and after one left.
-pub fn disable_early_demux(ns: &str) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args([
+pub fn disable_early_demux(ns: &str) -> crate::Result<()> {
+    cnpilot_bpf::sys::run(
+        "ip",
+        &[
             "netns",
             "exec",
             ns,
             "sysctl",
             "-qw",
             "net.ipv4.tcp_early_demux=0",
-        ])
-        .output()
-        .with_context(|| format!("running sysctl in {ns}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip netns exec {ns} sysctl -w net.ipv4.tcp_early_demux=0: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+        ],
+        None,
+    )?;
     Ok(())
 }
 
@@ -291,17 +273,17 @@ pub fn start_proxy(
     ns_of_identity: NamespaceOfIdentity,
     pin_dir: &Path,
     port: u16,
-) -> anyhow::Result<mpsc::Receiver<L7Event>> {
+) -> crate::Result<mpsc::Receiver<L7Event>> {
     let ns = netns_name(&inv.node_netns)?;
     let modes = PinnedModes {
         tables: Mutex::new(Tables::open_pinned(pin_dir)?),
         ns_of_identity,
     };
     let (events_tx, events_rx) = mpsc::channel(4096);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<crate::Result<()>>();
     let pin_dir = pin_dir.to_path_buf();
     let _detached = spawn_in_netns(&ns, move || {
-        let started = (|| -> anyhow::Result<(tokio::runtime::Runtime, std::net::TcpListener)> {
+        let started = (|| -> crate::Result<(tokio::runtime::Runtime, std::net::TcpListener)> {
             let listener =
                 bind_transparent(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
             // Where the sk_lookup program finds it (time-wait reuse).
@@ -344,8 +326,11 @@ pub fn start_proxy(
     });
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(events_rx),
-        Ok(Err(e)) => Err(e.context(format!("starting the L7 proxy in {ns}"))),
-        Err(_) => anyhow::bail!("the L7 proxy thread in {ns} ended before listening"),
+        Ok(Err(e)) => Err(crate::AgentError::Context {
+            what: format!("starting the L7 proxy in {ns}"),
+            source: Box::new(e),
+        }),
+        Err(_) => crate::error::bail!("the L7 proxy thread in {ns} ended before listening"),
     }
 }
 

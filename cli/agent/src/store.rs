@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use crate::error::Context;
 use cnpilot_bpf::maps::{FlowCounters, FlowEvent, FlowKey};
 use cnpilot_bpf::Tables;
 use cnpilot_learner::inventory::InventorySnapshot;
@@ -76,7 +76,7 @@ impl StoreSink {
         snapshot: &InventorySnapshot,
         node: &str,
         tables: &Tables,
-    ) -> anyhow::Result<StoreSink> {
+    ) -> crate::Result<StoreSink> {
         let store = FlowStore::open(dir)
             .with_context(|| format!("opening flow store {}", dir.display()))?;
         let baseline = tables.read_counters()?.into_iter().collect();
@@ -96,7 +96,7 @@ impl StoreSink {
     }
 
     /// Resolve and durably append one ring-buffer batch.
-    pub fn record_events(&mut self, events: &[FlowEvent]) -> anyhow::Result<()> {
+    pub fn record_events(&mut self, events: &[FlowEvent]) -> crate::Result<()> {
         let mut records = Vec::with_capacity(events.len());
         for ev in events {
             let mut record =
@@ -114,7 +114,7 @@ impl StoreSink {
 
     /// One request the L7 proxy saw (identities are the proxy's, resolved
     /// when it accepted the connection; names come from the inventory now).
-    pub fn record_l7(&mut self, ev: &L7Event) -> anyhow::Result<()> {
+    pub fn record_l7(&mut self, ev: &L7Event) -> crate::Result<()> {
         let record = self.l7_record(ev);
         self.summary.l7_records += 1;
         self.append(&[record])
@@ -170,7 +170,7 @@ impl StoreSink {
         }
     }
 
-    fn append(&mut self, records: &[FlowRecord]) -> anyhow::Result<()> {
+    fn append(&mut self, records: &[FlowRecord]) -> crate::Result<()> {
         self.store
             .append(records)
             .with_context(|| format!("appending to flow store {}", self.dir.display()))?;
@@ -183,7 +183,7 @@ impl StoreSink {
 
     /// Fold in the final counters (see the module docs), write the segments
     /// and release the store.
-    pub fn finish(mut self, tables: &Tables) -> anyhow::Result<StoreSummary> {
+    pub fn finish(mut self, tables: &Tables) -> crate::Result<StoreSummary> {
         let counters = tables.read_counters()?;
         let records = self.counter_records(&counters);
         self.summary.counter_records = records.len() as u64;
@@ -268,15 +268,15 @@ enum Message {
 /// store acknowledged is not.
 pub struct StoreThread {
     tx: Option<std::sync::mpsc::SyncSender<Message>>,
-    handle: Option<std::thread::JoinHandle<anyhow::Result<StoreSink>>>,
+    handle: Option<std::thread::JoinHandle<crate::Result<StoreSink>>>,
 }
 
 impl StoreThread {
-    pub fn spawn(sink: StoreSink) -> anyhow::Result<StoreThread> {
+    pub fn spawn(sink: StoreSink) -> crate::Result<StoreThread> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
         let handle = std::thread::Builder::new()
             .name("cnpilot-store".into())
-            .spawn(move || -> anyhow::Result<StoreSink> {
+            .spawn(move || -> crate::Result<StoreSink> {
                 let mut sink = sink;
                 for message in rx {
                     match message {
@@ -298,7 +298,7 @@ impl StoreThread {
         })
     }
 
-    fn send(&mut self, message: Message) -> anyhow::Result<()> {
+    fn send(&mut self, message: Message) -> crate::Result<()> {
         let delivered = self.tx.as_ref().is_some_and(|tx| tx.send(message).is_ok());
         if delivered {
             return Ok(());
@@ -306,15 +306,15 @@ impl StoreThread {
         // The thread stopped: its error says why.
         match self.finish_thread() {
             Err(err) => Err(err),
-            Ok(_) => anyhow::bail!("the flow store thread stopped"),
+            Ok(_) => crate::error::bail!("the flow store thread stopped"),
         }
     }
 
-    pub fn record_events(&mut self, batch: Vec<FlowEvent>) -> anyhow::Result<()> {
+    pub fn record_events(&mut self, batch: Vec<FlowEvent>) -> crate::Result<()> {
         self.send(Message::Events(batch))
     }
 
-    pub fn record_l7(&mut self, ev: L7Event) -> anyhow::Result<()> {
+    pub fn record_l7(&mut self, ev: L7Event) -> crate::Result<()> {
         self.send(Message::L7(Box::new(ev)))
     }
 
@@ -323,23 +323,23 @@ impl StoreThread {
         &mut self,
         snapshot: InventorySnapshot,
         node: String,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         self.send(Message::Inventory(Box::new(snapshot), node))
     }
 
-    fn finish_thread(&mut self) -> anyhow::Result<StoreSink> {
+    fn finish_thread(&mut self) -> crate::Result<StoreSink> {
         self.tx = None;
         match self.handle.take() {
             Some(handle) => handle
                 .join()
-                .map_err(|_| anyhow::anyhow!("the flow store thread panicked"))?,
-            None => anyhow::bail!("the flow store thread already stopped"),
+                .map_err(|_| crate::AgentError::invalid("the flow store thread panicked"))?,
+            None => crate::error::bail!("the flow store thread already stopped"),
         }
     }
 
     /// Wait until everything queued is appended; the sink comes back for
     /// [`StoreSink::finish`].
-    pub fn join(mut self) -> anyhow::Result<StoreSink> {
+    pub fn join(mut self) -> crate::Result<StoreSink> {
         self.finish_thread()
     }
 }
@@ -390,7 +390,7 @@ fn key_of(ev: &FlowEvent) -> FlowKey {
 }
 
 /// (Unix ns - monotonic ns, monotonic ns) now.
-pub(crate) fn clock_offset() -> (i64, u64) {
+pub fn clock_offset() -> (i64, u64) {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 use cnpilot_bpf::maps::{reason, verdict, FlowEvent};
 use serde::Serialize;
 
-use super::inventory::Inventory;
+use crate::inventory::Inventory;
 use cnpilot_learner::ReservedIdentity;
 use cnpilot_proxy::event::{L7Event, L7Verdict};
 
@@ -20,7 +20,7 @@ pub struct LineContext {
 
 impl LineContext {
     pub fn new(node: String) -> Self {
-        let (wall_offset_ns, _) = super::store::clock_offset();
+        let (wall_offset_ns, _) = crate::store::clock_offset();
         Self {
             node,
             wall_offset_ns,

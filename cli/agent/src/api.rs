@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::Context;
 
 /// The socket of the agent on the default pin directory.
 pub const DEFAULT_SOCKET: &str = "/run/cnpilot/agent.sock";
@@ -25,7 +25,7 @@ pub fn socket_for(pin_dir: &Path) -> PathBuf {
     PathBuf::from(format!("/run/cnpilot/agent-{name}.sock"))
 }
 
-fn connect(path: &Path) -> anyhow::Result<UnixStream> {
+fn connect(path: &Path) -> crate::Result<UnixStream> {
     UnixStream::connect(path).with_context(|| {
         format!(
             "connecting to the agent at {} (is `cnpilot agent` running with this pin directory?)",
@@ -35,7 +35,7 @@ fn connect(path: &Path) -> anyhow::Result<UnixStream> {
 }
 
 /// `{"op": op}` and its one-line JSON answer.
-pub fn request(path: &Path, op: &str) -> anyhow::Result<serde_json::Value> {
+pub fn request(path: &Path, op: &str) -> crate::Result<serde_json::Value> {
     let mut stream = connect(path)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -57,7 +57,7 @@ pub fn request(path: &Path, op: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// The agent's event lines from now on, one JSON object per line.
-pub fn subscribe(path: &Path) -> anyhow::Result<BufReader<UnixStream>> {
+pub fn subscribe(path: &Path) -> crate::Result<BufReader<UnixStream>> {
     let mut stream = connect(path)?;
     stream
         .write_all(b"{\"op\":\"events\"}\n")
@@ -67,12 +67,12 @@ pub fn subscribe(path: &Path) -> anyhow::Result<BufReader<UnixStream>> {
 
 /// Asks the agent to reload its policies (staged proposals included) and
 /// returns its summary.
-pub fn reload(path: &Path) -> anyhow::Result<String> {
+pub fn reload(path: &Path) -> crate::Result<String> {
     let answer = request(path, "reload")?;
     if answer["ok"] == true {
         Ok(answer["summary"].as_str().unwrap_or_default().to_string())
     } else {
-        anyhow::bail!(
+        crate::error::bail!(
             "the agent could not reload its policies: {}",
             answer["error"].as_str().unwrap_or("no reason given")
         )
