@@ -194,11 +194,14 @@ pub fn load_str_at(text: &str, file: &str, first_line: usize) -> Result<PolicySe
         }
         match serde_yaml::from_str::<CiliumPolicy>(&doc.text) {
             Ok(policy) => {
-                let problems = check_policy(&policy);
+                let (notes, problems): (Vec<_>, Vec<_>) =
+                    check_policy(&policy).into_iter().partition(|p| p.warning);
                 if problems.is_empty() {
                     set.warnings.extend(
-                        unmodelled_warnings(&policy, &doc)
+                        notes
                             .into_iter()
+                            .map(|p| (locate(&doc, &p.hint), p.message))
+                            .chain(unmodelled_warnings(&policy, &doc))
                             .map(|(l, m)| diag(l, m)),
                     );
                     set.policies.push(LoadedPolicy {
