@@ -345,3 +345,37 @@ fn a_named_port_on_vrrp_loads_with_a_warning() {
         never.message
     );
 }
+
+#[test]
+fn a_top_level_description_is_a_warning_with_its_line() {
+    // As in Cilium's example policies: beside `spec`, where the API server
+    // drops it. `spec.description` is part of the schema: no warning.
+    let text = format!(
+        "# example\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\ndescription: \"L3 rule\"\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  description: kept\n  endpointSelector: {{}}\n  ingress: [{{}}]\n---\n{HEAD}  description: only here\n  ingress: [{{}}]\n"
+    );
+    let set = load_str(&text, "examples/l3.yaml").unwrap();
+    assert_eq!(set.policies.len(), 2);
+    assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+    let w = &set.warnings[0];
+    assert_eq!((w.file.as_str(), w.line), ("examples/l3.yaml", 5));
+    assert!(
+        w.message.contains("top-level `description`")
+            && w.message.contains("CiliumNetworkPolicy schema"),
+        "{}",
+        w.message
+    );
+    assert!(w.to_string().starts_with("examples/l3.yaml:5: "), "{w}");
+    // Never written back: the cluster would not keep it.
+    let policy = &set.policies[0].policy;
+    assert!(policy.description.is_some());
+    let yaml = serde_yaml::to_string(policy).unwrap();
+    assert!(!yaml.contains("L3 rule") && yaml.contains("kept"), "{yaml}");
+    // Pretty-printed JSON: the least indented key is the top-level one.
+    let json = "{\n  \"apiVersion\": \"cilium.io/v2\",\n  \"kind\": \"CiliumClusterwideNetworkPolicy\",\n  \"metadata\": {\"name\": \"c\"},\n  \"spec\": {\n    \"description\": \"in spec\",\n    \"nodeSelector\": {},\n    \"ingress\": [{}]\n  },\n  \"description\": {\"any\": \"value\"}\n}\n";
+    let set = load_str(json, "c.json").unwrap();
+    assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+    assert_eq!(set.warnings[0].line, 10);
+    assert!(set.warnings[0]
+        .message
+        .contains("CiliumClusterwideNetworkPolicy schema"));
+}

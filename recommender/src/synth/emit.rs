@@ -504,6 +504,7 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
             }),
             specs: None,
             status: None,
+            description: None,
         };
         evidence.sort_by(|a, b| a.path.cmp(&b.path));
         out.push(Proposed {
