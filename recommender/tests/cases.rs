@@ -86,3 +86,42 @@ fn a_wrong_expectation_is_reported_with_its_rule() {
         "{why}"
     );
 }
+
+#[test]
+fn vrrp_and_igmp_flows_name_no_port() {
+    let case = |flow: &str| {
+        format!(
+            r#"
+- id: vrrp-flow
+  source: "self-test"
+  nodes:
+    - {{name: n1, labels: {{role: lb}}}}
+    - {{name: n2, labels: {{role: lb}}}}
+  policies: |
+    apiVersion: cilium.io/v2
+    kind: CiliumClusterwideNetworkPolicy
+    metadata: {{name: vrrp}}
+    spec:
+      nodeSelector: {{matchLabels: {{role: lb}}}}
+      ingress:
+      - toPorts: [{{ports: [{{protocol: VRRP}}]}}]
+  flows:
+    - {flow}
+"#
+        )
+    };
+    let run = |flow: &str| {
+        let cases = cnpilot_recommender::cases::parse_cases(&case(flow), "inline.yaml").unwrap();
+        run_case(&cases[0], "inline.yaml")
+    };
+    let ok = run("{from: n2, to: n1, proto: VRRP, expect: allow}").unwrap();
+    assert!(ok[0].passed, "{:?}", ok[0]);
+    assert_eq!(ok[0].flow, "n2 -> n1 VRRP");
+    let igmp = run("{from: n2, to: n1, proto: IGMP, expect: deny}").unwrap();
+    assert!(igmp[0].passed, "{:?}", igmp[0]);
+    let err = run("{from: n2, to: n1, proto: VRRP, port: 112, expect: allow}").unwrap_err();
+    assert!(
+        err.to_string().contains("VRRP and IGMP have no ports"),
+        "{err}"
+    );
+}

@@ -185,3 +185,101 @@ fn verdicts_name_their_rules() {
     );
     assert_eq!(c.selected_by(256, Direction::Egress).len(), 1);
 }
+
+/// A host policy on node `lb`: VRRP from remote nodes, IGMP to multicast,
+/// a VRRP entry with a port name (allows nothing), IGMP denied from world.
+const HOST_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: lb}
+spec:
+  nodeSelector: {matchLabels: {role: lb}}
+  ingress:
+  - fromEntities: [remote-node]
+    toPorts:
+    - ports: [{port: "0", protocol: VRRP}]
+  - fromEntities: [remote-node]
+    toPorts:
+    - ports: [{port: vrrp, protocol: VRRP}]
+  ingressDeny:
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{protocol: IGMP}]
+  egress:
+  - toCIDR: [224.0.0.0/4]
+    toPorts:
+    - ports: [{protocol: IGMP}]
+"#;
+
+#[test]
+fn vrrp_and_igmp_compile_to_the_datapath_key_of_a_port_less_packet() {
+    let set = model::load_str(HOST_POLICY, "lb.yaml").unwrap();
+    let node = cnpilot_recommender::compile::NodeInput {
+        name: "n".into(),
+        labels: [("role".to_string(), "lb".to_string())].into(),
+    };
+    let mut srv = pod(256, "srv");
+    srv.named_ports.insert("vrrp".into(), 8112);
+    let c = CompiledPolicy::compile(&set, &[srv], Some(&node));
+    let host: Vec<PolicyKey> = c
+        .policy_entries()
+        .into_iter()
+        .filter(|(k, _)| k.subject == identity::HOST)
+        .map(|(k, _)| k)
+        .collect();
+    let multicast = c.identity_of_addr(Ipv4Addr::new(224, 0, 0, 22));
+    assert!(multicast >= CIDR_IDENTITY_BASE);
+    let at = |peer, proto, direction: Direction| PolicyKey {
+        subject: identity::HOST,
+        peer,
+        dport: 0,
+        proto,
+        direction: direction as u8,
+    };
+    // The datapath's parse() leaves the port of a VRRP or IGMP packet at 0
+    // and keys it (peer, 0, proto): exactly these entries, nothing for the
+    // named port, whose number belongs to no VRRP packet.
+    assert_eq!(
+        host,
+        vec![
+            at(identity::WORLD, 2, Direction::Ingress),
+            at(identity::REMOTE_NODE, 112, Direction::Ingress),
+            // `world` covers the CIDR identities too.
+            at(multicast, 2, Direction::Ingress),
+            at(multicast, 2, Direction::Egress),
+        ]
+    );
+    let entries: std::collections::BTreeMap<_, _> = c.policy_entries().into_iter().collect();
+    assert_eq!(entries[&host[0]].action, action::DENY);
+    assert_eq!(entries[&host[1]].action, action::ALLOW);
+    // And the evaluator reads them as the datapath does.
+    let vrrp = c.check(
+        Direction::Ingress,
+        identity::HOST,
+        identity::REMOTE_NODE,
+        112,
+        0,
+        None,
+    );
+    assert_eq!(vrrp.outcome, Outcome::Allowed);
+    let tcp = c.check(
+        Direction::Ingress,
+        identity::HOST,
+        identity::REMOTE_NODE,
+        6,
+        112,
+        None,
+    );
+    assert_eq!(tcp.outcome, Outcome::DefaultDeny);
+    let igmp = c.check(
+        Direction::Ingress,
+        identity::HOST,
+        identity::WORLD,
+        2,
+        0,
+        None,
+    );
+    assert_eq!(igmp.outcome, Outcome::DenyRule);
+    let join = c.check(Direction::Egress, identity::HOST, multicast, 2, 0, None);
+    assert_eq!(join.outcome, Outcome::Allowed);
+}

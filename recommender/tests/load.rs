@@ -219,3 +219,163 @@ fn icmp_rules_are_checked_as_cilium_checks_them() {
     .unwrap();
     assert!(set.warnings.is_empty(), "{:?}", set.warnings);
 }
+
+const HOST: &str = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: h\nspec:\n  nodeSelector: {}\n";
+
+#[test]
+fn vrrp_and_igmp_load_with_port_zero_or_none() {
+    // Lines 7-11: the block and flow forms Cilium's docs and tests use.
+    let text = format!(
+        "{HOST}  ingress:\n  - fromEntities: [remote-node]\n    toPorts:\n    - ports:\n      - {{port: \"0\", protocol: VRRP}}\n      - protocol: IGMP\n"
+    );
+    let set = load_str(&text, "host.yaml").unwrap();
+    let rule = set.policies[0].policy.spec.as_ref().unwrap();
+    let ports = &rule.ingress.as_ref().unwrap()[0].to_ports.as_ref().unwrap()[0].ports;
+    assert_eq!(
+        ports[0].protocol,
+        cnpilot_recommender::model::Protocol::Vrrp
+    );
+    assert!(!ports[0].port_omitted);
+    assert!(ports[1].port_omitted);
+    assert_eq!(ports[1].range(), Some((0, 0)));
+    // One warning per document: the agent flag Cilium needs for them.
+    assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+    assert_eq!(set.warnings[0].line, 11);
+    assert!(
+        set.warnings[0]
+            .message
+            .contains("enable-extended-ip-protocols"),
+        "{}",
+        set.warnings[0].message
+    );
+    // Written back as written: "0" stays, a missing port stays missing.
+    let yaml = serde_yaml::to_string(&set.policies[0].policy).unwrap();
+    assert!(yaml.contains("port: '0'"), "{yaml}");
+    assert!(yaml.matches("port:").count() == 1, "{yaml}");
+    let again = load_str(&yaml, "again.yaml").unwrap();
+    assert_eq!(again.policies[0].policy, set.policies[0].policy);
+    // Cilium accepts them in endpoint policies too (its own test uses an
+    // endpointSelector), and in deny rules.
+    let cnp = format!("{HEAD}  egressDeny:\n  - toPorts:\n    - ports: [{{protocol: VRRP}}]\n");
+    assert_eq!(load_str(&cnp, "cnp.yaml").unwrap().policies.len(), 1);
+}
+
+#[test]
+fn vrrp_and_igmp_reject_a_port() {
+    let d = one_error(&format!(
+        "{HOST}  ingress:\n  - toPorts:\n    - ports:\n      - port: \"5\"\n      - {{port: \"443\", protocol: VRRP}}\n"
+    ));
+    assert_eq!(d.line, 11);
+    assert_eq!(d.file, "in.yaml");
+    assert!(
+        d.message
+            .starts_with("spec.ingress[0].toPorts[0].ports[1]: VRRP has no ports"),
+        "{}",
+        d.message
+    );
+    assert!(
+        d.message.contains("`port: \"0\"` or no `port`, not 443"),
+        "{}",
+        d.message
+    );
+    let igmp = one_error(&format!(
+        "{HOST}  egress:\n  - toPorts:\n    - ports: [{{port: \"2\", protocol: IGMP}}]\n"
+    ));
+    assert!(
+        igmp.message.contains("IGMP has no ports"),
+        "{}",
+        igmp.message
+    );
+    assert_eq!(igmp.line, 9);
+    // L7 rules need a real port, which VRRP never has.
+    let l7 = one_error(&format!(
+        "{HEAD}  ingress:\n  - toPorts:\n    - ports: [{{protocol: VRRP}}]\n      rules: {{http: [{{method: GET}}]}}\n"
+    ));
+    assert!(
+        l7.message.contains("L7 rules need a specific port"),
+        "{}",
+        l7.message
+    );
+    // The CRD's enum is upper case, as the other protocols.
+    let lower = one_error(&format!(
+        "{HOST}  ingress:\n  - toPorts:\n    - ports: [{{port: \"0\", protocol: vrrp}}]\n"
+    ));
+    assert_eq!(lower.line, 9);
+    assert!(
+        lower.message.contains("`VRRP`") && lower.message.contains("`IGMP`"),
+        "{}",
+        lower.message
+    );
+}
+
+#[test]
+fn only_port_less_protocols_may_leave_the_port_out() {
+    let tcp = one_error(&format!(
+        "{HEAD}  ingress:\n  - toPorts:\n    - ports:\n      - protocol: TCP\n"
+    ));
+    assert_eq!(tcp.line, 10);
+    assert!(
+        tcp.message
+            .contains("spec.ingress[0].toPorts[0].ports[0]: `port` missing: TCP needs one"),
+        "{}",
+        tcp.message
+    );
+    let any = one_error(&format!(
+        "{HEAD}  ingress:\n  - toPorts:\n    - ports: [{{endPort: 90}}]\n"
+    ));
+    assert!(any.message.contains("ANY needs one"), "{}", any.message);
+}
+
+#[test]
+fn a_named_port_on_vrrp_loads_with_a_warning() {
+    let set = load_str(
+        &format!("{HOST}  ingress:\n  - toPorts:\n    - ports:\n      - {{port: vrrp-peer, protocol: VRRP}}\n"),
+        "in.yaml",
+    )
+    .unwrap();
+    let never = set
+        .warnings
+        .iter()
+        .find(|w| w.message.contains("never matches"))
+        .unwrap_or_else(|| panic!("{:?}", set.warnings));
+    assert_eq!(never.line, 10);
+    assert!(
+        never.message.contains("`vrrp-peer` on VRRP"),
+        "{}",
+        never.message
+    );
+}
+
+#[test]
+fn a_top_level_description_is_a_warning_with_its_line() {
+    // As in Cilium's example policies: beside `spec`, where the API server
+    // drops it. `spec.description` is part of the schema: no warning.
+    let text = format!(
+        "# example\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\ndescription: \"L3 rule\"\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  description: kept\n  endpointSelector: {{}}\n  ingress: [{{}}]\n---\n{HEAD}  description: only here\n  ingress: [{{}}]\n"
+    );
+    let set = load_str(&text, "examples/l3.yaml").unwrap();
+    assert_eq!(set.policies.len(), 2);
+    assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+    let w = &set.warnings[0];
+    assert_eq!((w.file.as_str(), w.line), ("examples/l3.yaml", 5));
+    assert!(
+        w.message.contains("top-level `description`")
+            && w.message.contains("CiliumNetworkPolicy schema"),
+        "{}",
+        w.message
+    );
+    assert!(w.to_string().starts_with("examples/l3.yaml:5: "), "{w}");
+    // Never written back: the cluster would not keep it.
+    let policy = &set.policies[0].policy;
+    assert!(policy.description.is_some());
+    let yaml = serde_yaml::to_string(policy).unwrap();
+    assert!(!yaml.contains("L3 rule") && yaml.contains("kept"), "{yaml}");
+    // Pretty-printed JSON: the least indented key is the top-level one.
+    let json = "{\n  \"apiVersion\": \"cilium.io/v2\",\n  \"kind\": \"CiliumClusterwideNetworkPolicy\",\n  \"metadata\": {\"name\": \"c\"},\n  \"spec\": {\n    \"description\": \"in spec\",\n    \"nodeSelector\": {},\n    \"ingress\": [{}]\n  },\n  \"description\": {\"any\": \"value\"}\n}\n";
+    let set = load_str(json, "c.json").unwrap();
+    assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+    assert_eq!(set.warnings[0].line, 10);
+    assert!(set.warnings[0]
+        .message
+        .contains("CiliumClusterwideNetworkPolicy schema"));
+}

@@ -60,6 +60,9 @@ pub enum FlowProto {
     Udp,
     Sctp,
     Icmp,
+    /// VRRP and IGMP have no ports: their flows name none.
+    Vrrp,
+    Igmp,
 }
 
 impl FlowProto {
@@ -69,7 +72,14 @@ impl FlowProto {
             FlowProto::Udp => 17,
             FlowProto::Sctp => 132,
             FlowProto::Icmp => 1,
+            FlowProto::Vrrp => 112,
+            FlowProto::Igmp => 2,
         }
+    }
+
+    /// Whether flows of this protocol carry a destination port.
+    pub fn has_ports(self) -> bool {
+        matches!(self, FlowProto::Tcp | FlowProto::Udp | FlowProto::Sctp)
     }
 }
 

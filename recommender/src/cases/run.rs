@@ -148,8 +148,14 @@ pub fn run_case(case: &Case, file: &str) -> Result<Vec<FlowResult>, LoadError> {
         };
         let src = end(&flow.from, &flow.from_entity, &flow.from_cidr).map_err(|m| bad(i, m))?;
         let dst = end(&flow.to, &flow.to_entity, &flow.to_cidr).map_err(|m| bad(i, m))?;
-        if flow.proto != FlowProto::Icmp && flow.port.is_none() {
+        if flow.proto.has_ports() && flow.port.is_none() {
             return Err(bad(i, "`port` is required for TCP, UDP and SCTP".into()));
+        }
+        if matches!(flow.proto, FlowProto::Vrrp | FlowProto::Igmp) && flow.port.is_some() {
+            return Err(bad(
+                i,
+                "VRRP and IGMP have no ports: leave `port` out".into(),
+            ));
         }
         // A reply travels back on a connection the other side opened: it
         // passes exactly when that connection was allowed at L3/L4.
@@ -253,7 +259,9 @@ fn describe(f: &FlowSpec) -> String {
         .replace("Tcp", "TCP")
         .replace("Udp", "UDP")
         .replace("Sctp", "SCTP")
-        .replace("Icmp", "ICMP");
+        .replace("Icmp", "ICMP")
+        .replace("Vrrp", "VRRP")
+        .replace("Igmp", "IGMP");
     if let Some(p) = f.port {
         s.push_str(&format!("/{p}"));
     }

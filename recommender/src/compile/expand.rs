@@ -496,6 +496,22 @@ fn ports_of<'a>(
             );
         }
         for pp in &rule.ports {
+            if pp.protocol.is_portless() {
+                // The datapath keys a packet of any protocol but TCP, UDP,
+                // SCTP and ICMP with port 0 (bpf/c/cnpilot.bpf.c, parse():
+                // policy_port stays 0), as Cilium keys VRRP and IGMP
+                // ("0/vrrp"). Port 0 is the only port they can match; the
+                // loader rejects any other number and warns about a name.
+                if pp.range() == Some((0, 0)) {
+                    l4.extend(
+                        pp.protocol
+                            .ip_protos()
+                            .iter()
+                            .map(|p| (*p, PortSpec::Number(0))),
+                    );
+                }
+                continue;
+            }
             for proto in pp.protocol.ip_protos() {
                 match pp.range() {
                     Some((lo, hi)) => l4.extend((lo..=hi).map(|p| (*proto, PortSpec::Number(p)))),

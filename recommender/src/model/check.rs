@@ -1,18 +1,31 @@
 //! Checks that need more than one field, made after parsing (single values
 //! check themselves while they deserialize).
 
-use super::{CidrRule, CiliumPolicy, IcmpRule, PolicyKind, PortRule, Rule};
+use super::{
+    CidrRule, CiliumPolicy, IcmpRule, PolicyKind, PortProtocol, PortRule, PortSpec, Protocol, Rule,
+};
 
 pub(crate) struct Problem {
     pub message: String,
     /// Text to look for in the document to find the line.
     pub hint: String,
+    /// Cilium accepts it, but it may not mean what it says: the policy
+    /// loads and the message is a warning.
+    pub warning: bool,
 }
 
 fn problem(path: &str, message: impl Into<String>, hint: impl Into<String>) -> Problem {
     Problem {
         message: format!("{path}: {}", message.into()),
         hint: hint.into(),
+        warning: false,
+    }
+}
+
+fn warning(path: &str, message: impl Into<String>, hint: impl Into<String>) -> Problem {
+    Problem {
+        warning: true,
+        ..problem(path, message, hint)
     }
 }
 
@@ -55,7 +68,34 @@ pub(crate) fn check_policy(policy: &CiliumPolicy) -> Vec<Problem> {
     {
         check_rule(policy.kind, &path, rule, &mut out);
     }
+    if let Some(proto) = first_portless_protocol(policy) {
+        // Said once per document: the agent flag is cluster state the
+        // policy cannot show, and without it Cilium's verdict differs.
+        let name = proto.as_str();
+        out.push(warning(
+            name,
+            "Cilium enforces VRRP and IGMP rules only with `enable-extended-ip-protocols: true`; without it its datapath drops both protocols whatever the policy allows, and its API refuses a `ports` entry without `port`. cnpilot evaluates them as enabled",
+            name,
+        ));
+    }
     out
+}
+
+fn first_portless_protocol(policy: &CiliumPolicy) -> Option<Protocol> {
+    policy
+        .rules()
+        .flat_map(|r| {
+            let ingress = r.ingress.iter().chain(&r.ingress_deny).flatten();
+            let egress = r.egress.iter().chain(&r.egress_deny).flatten();
+            ingress
+                .map(|i| i.as_peer_rule())
+                .chain(egress.map(|e| e.as_peer_rule()))
+                .collect::<Vec<_>>()
+        })
+        .flat_map(|pr| pr.to_ports.unwrap_or_default())
+        .flat_map(|pr| &pr.ports)
+        .map(|p| p.protocol)
+        .find(|p| p.is_portless())
 }
 
 fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>) {
@@ -246,6 +286,7 @@ fn check_cidr_set(path: &str, set: &CidrRule, out: &mut Vec<Problem>) {
 
 fn check_port_rule(path: &str, pr: &PortRule, deny: bool, out: &mut Vec<Problem>) {
     for (k, p) in pr.ports.iter().enumerate() {
+        check_port_protocol(&format!("{path}.ports[{k}]"), p, out);
         if let (Some((start, _)), Some(end)) = (p.range(), p.end_port) {
             if end != 0 && start != 0 && end < start {
                 out.push(problem(
@@ -303,5 +344,40 @@ fn check_port_rule(path: &str, pr: &PortRule, deny: bool, out: &mut Vec<Problem>
                 "dns",
             ));
         }
+    }
+}
+
+/// `port` against `protocol`, as Cilium's PortProtocol.Validate
+/// (pkg/policy/api/rule_validation.go) checks it: VRRP and IGMP take port
+/// "0" or none ("port must be empty or 0"). Cilium takes a missing port
+/// for any protocol once `enable-extended-ip-protocols` is on; its meaning
+/// for TCP/UDP/SCTP is not documented, so only the port-less protocols may
+/// leave it out here.
+fn check_port_protocol(path: &str, p: &PortProtocol, out: &mut Vec<Problem>) {
+    let proto = p.protocol.as_str();
+    if !p.protocol.is_portless() {
+        if p.port_omitted {
+            out.push(problem(
+                path,
+                format!("`port` missing: {proto} needs one (\"0\" for every port); only VRRP and IGMP, which have no ports, may leave it out"),
+                "ports",
+            ));
+        }
+        return;
+    }
+    match &p.port {
+        PortSpec::Number(0) => {}
+        PortSpec::Number(n) => out.push(problem(
+            path,
+            format!("{proto} has no ports: expected `port: \"0\"` or no `port`, not {n}"),
+            proto,
+        )),
+        // Cilium does not check a name here, but no container port is a
+        // VRRP or IGMP port: the entry allows nothing.
+        PortSpec::Named(name) => out.push(warning(
+            path,
+            format!("named port `{name}` on {proto} never matches: {proto} has no ports (Cilium accepts it; it allows nothing)"),
+            name.as_str(),
+        )),
     }
 }

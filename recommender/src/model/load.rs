@@ -194,11 +194,15 @@ pub fn load_str_at(text: &str, file: &str, first_line: usize) -> Result<PolicySe
         }
         match serde_yaml::from_str::<CiliumPolicy>(&doc.text) {
             Ok(policy) => {
-                let problems = check_policy(&policy);
+                let (notes, problems): (Vec<_>, Vec<_>) =
+                    check_policy(&policy).into_iter().partition(|p| p.warning);
                 if problems.is_empty() {
                     set.warnings.extend(
-                        unmodelled_warnings(&policy, &doc)
+                        notes
                             .into_iter()
+                            .map(|p| (locate(&doc, &p.hint), p.message))
+                            .chain(top_level_description(&policy, &doc))
+                            .chain(unmodelled_warnings(&policy, &doc))
                             .map(|(l, m)| diag(l, m)),
                     );
                     set.policies.push(LoadedPolicy {
@@ -276,6 +280,28 @@ fn locate(doc: &DocText, hint: &str) -> usize {
         .map_or(doc.start_line, |i| doc.start_line + i)
 }
 
+/// A top-level `description` (beside `spec`, not in it): Kubernetes prunes
+/// fields its CRD schema does not list, so it never reaches the cluster.
+fn top_level_description(policy: &CiliumPolicy, doc: &DocText) -> Option<(usize, String)> {
+    policy.description.as_ref()?;
+    // The least indented line naming the key is the top-level one (a
+    // `spec.description` sits deeper), in YAML and pretty-printed JSON alike.
+    let line = doc
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| mentions_key(l.split('#').next().unwrap_or(""), "description"))
+        .min_by_key(|(_, l)| l.len() - l.trim_start().len())
+        .map_or(doc.start_line, |(i, _)| doc.start_line + i);
+    Some((
+        line,
+        format!(
+            "top-level `description` is not part of the {} schema: the API server drops it, and cnpilot ignores it and leaves it out of what it writes (`spec.description` keeps it)",
+            policy.kind.as_str()
+        ),
+    ))
+}
+
 /// Warnings for each unmodelled field present, at each line that names it.
 fn unmodelled_warnings(policy: &CiliumPolicy, doc: &DocText) -> Vec<(usize, String)> {
     let mut present = std::collections::BTreeSet::new();
@@ -325,7 +351,13 @@ fn unmodelled_warnings(policy: &CiliumPolicy, doc: &DocText) -> Vec<(usize, Stri
 fn mentions_key(code: &str, key: &str) -> bool {
     code.match_indices(key).any(|(i, _)| {
         let before = code[..i].chars().next_back();
-        let after = code[i + key.len()..].trim_start().starts_with(':');
+        // A quoted key (JSON) closes its quote before the colon.
+        let rest = &code[i + key.len()..];
+        let after = rest
+            .strip_prefix(['"', '\''])
+            .unwrap_or(rest)
+            .trim_start()
+            .starts_with(':');
         after
             && before.is_none_or(|c| c.is_whitespace() || matches!(c, '{' | ',' | '-' | '"' | '\''))
     })

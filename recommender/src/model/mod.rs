@@ -54,6 +54,11 @@ pub struct CiliumPolicy {
     pub specs: Option<Vec<Rule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Value>,
+    /// A top-level `description`: not in the CRD schema, yet Cilium's own
+    /// example policies carry one and the API server prunes it. Loaded with
+    /// a warning and never written back, as the cluster would drop it.
+    #[serde(default, skip_serializing)]
+    pub description: Option<Value>,
 }
 
 impl CiliumPolicy {

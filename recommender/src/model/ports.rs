@@ -35,17 +35,66 @@ pub struct PortRule {
     pub listener: Option<Value>,
 }
 
+/// One `ports` entry. `port` may be left out only for the protocols that
+/// have no ports (VRRP, IGMP; the loader rejects it elsewhere): it then
+/// reads as 0, which is how Cilium keys them, and stays left out on output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(from = "RawPortProtocol", into = "RawPortProtocol")]
 pub struct PortProtocol {
     pub port: PortSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Protocol::is_any")]
     pub protocol: Protocol,
+    /// The document had no `port` key.
+    pub port_omitted: bool,
+}
+
+/// `PortProtocol` as written: whether `port` is present is only visible
+/// here, so (de)serialization goes through it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPortProtocol {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<PortSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Protocol::is_any")]
+    protocol: Protocol,
+}
+
+impl From<RawPortProtocol> for PortProtocol {
+    fn from(raw: RawPortProtocol) -> PortProtocol {
+        PortProtocol {
+            port_omitted: raw.port.is_none(),
+            port: raw.port.unwrap_or(PortSpec::Number(0)),
+            end_port: raw.end_port,
+            protocol: raw.protocol,
+        }
+    }
+}
+
+impl From<PortProtocol> for RawPortProtocol {
+    fn from(p: PortProtocol) -> RawPortProtocol {
+        RawPortProtocol {
+            // Only a port-less protocol may be written without a port: any
+            // other keeps one, so the output still loads.
+            port: (!(p.port_omitted && p.protocol.is_portless())).then_some(p.port),
+            end_port: p.end_port,
+            protocol: p.protocol,
+        }
+    }
 }
 
 impl PortProtocol {
+    /// `port` on `protocol`, as written with an explicit port.
+    pub fn new(port: PortSpec, protocol: Protocol) -> PortProtocol {
+        PortProtocol {
+            port,
+            end_port: None,
+            protocol,
+            port_omitted: false,
+        }
+    }
+
     /// The inclusive numeric range, or `None` for a named port. Port 0 means
     /// every port (Cilium's wildcard).
     pub fn range(&self) -> Option<(u16, u16)> {
@@ -139,6 +188,13 @@ pub enum Protocol {
     Tcp,
     Udp,
     Sctp,
+    /// Cilium's "extended IP protocols" (pkg/policy/api/l4.go, checked in
+    /// pkg/policy/api/rule_validation.go, PortProtocol.Validate): no ports,
+    /// so `port` must be "0" or left out. Cilium accepts them in any rule
+    /// (CNP or CCNP); its datapath passes them only with
+    /// `enable-extended-ip-protocols`, first on the host firewall.
+    Vrrp,
+    Igmp,
     #[default]
     Any,
 }
@@ -148,13 +204,31 @@ impl Protocol {
         *self == Protocol::Any
     }
 
-    /// IANA protocol numbers; `ANY` expands to TCP, UDP and SCTP (not ICMP),
-    /// as Cilium expands it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            Protocol::Vrrp => "VRRP",
+            Protocol::Igmp => "IGMP",
+            Protocol::Any => "ANY",
+        }
+    }
+
+    /// A protocol without transport ports: matched on protocol alone.
+    pub fn is_portless(self) -> bool {
+        matches!(self, Protocol::Vrrp | Protocol::Igmp)
+    }
+
+    /// IANA protocol numbers; `ANY` expands to TCP, UDP and SCTP (not ICMP,
+    /// nor VRRP or IGMP), as Cilium expands it.
     pub fn ip_protos(self) -> &'static [u8] {
         match self {
             Protocol::Tcp => &[6],
             Protocol::Udp => &[17],
             Protocol::Sctp => &[132],
+            Protocol::Vrrp => &[112],
+            Protocol::Igmp => &[2],
             Protocol::Any => &[6, 17, 132],
         }
     }

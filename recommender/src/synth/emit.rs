@@ -157,11 +157,7 @@ fn protocol(proto: u8) -> Protocol {
 }
 
 fn port_protocol(proto: u8, port: u16) -> PortProtocol {
-    PortProtocol {
-        port: PortSpec::Number(port),
-        end_port: None,
-        protocol: protocol(proto),
-    }
+    PortProtocol::new(PortSpec::Number(port), protocol(proto))
 }
 
 fn entity(name: &str) -> Option<Entity> {
@@ -361,6 +357,8 @@ fn proto_of(p: Protocol) -> u8 {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,
         Protocol::Sctp => 132,
+        Protocol::Vrrp => 112,
+        Protocol::Igmp => 2,
         Protocol::Any => 0,
     }
 }
@@ -506,6 +504,7 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
             }),
             specs: None,
             status: None,
+            description: None,
         };
         evidence.sort_by(|a, b| a.path.cmp(&b.path));
         out.push(Proposed {
