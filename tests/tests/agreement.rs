@@ -291,8 +291,13 @@ fn send_flow(
     servers: &mut Servers,
     evaluator: Verdict,
 ) -> Outcome {
-    if flow.reply && matches!(flow.proto, FlowProto::Sctp | FlowProto::Icmp) {
-        return Outcome::Skipped("an SCTP or ICMP reply (only new packets are sent raw)");
+    if flow.reply
+        && matches!(
+            flow.proto,
+            FlowProto::Sctp | FlowProto::Icmp | FlowProto::Vrrp | FlowProto::Igmp
+        )
+    {
+        return Outcome::Skipped("a reply of a raw protocol (only new packets are sent raw)");
     }
     let ends = resolve(case, plan, &flow.from, &flow.from_entity, flow.from_cidr)
         .and_then(|f| resolve(case, plan, &flow.to, &flow.to_entity, flow.to_cidr).map(|t| (f, t)));
@@ -329,7 +334,7 @@ fn send_flow(
                 let s = servers.udp(&lab.netns_of(server), to, port);
                 udp_delivered(&client_ns, from, target, s, flow.reply, wait)
             }
-            FlowProto::Sctp | FlowProto::Icmp => {
+            FlowProto::Sctp | FlowProto::Icmp | FlowProto::Vrrp | FlowProto::Igmp => {
                 let s = servers.raw(&lab.netns_of(server), to, flow.proto.number());
                 raw_delivered(&client_ns, from, to, flow, s, wait)
             }
