@@ -5,6 +5,10 @@
  *   cnp_from_pod: tc ingress on the host-side veth = the pod's EGRESS
  *   cnp_to_pod:   tc egress  on the host-side veth = the pod's INGRESS
  *
+ * and, for the host firewall, on the node's own devices the other way
+ * round: cnp_from_pod at tc egress (the host's EGRESS), cnp_to_pod at tc
+ * ingress (the host's INGRESS).
+ *
  * A connection's verdict is decided at its first packet and kept in
  * conntrack; what a verdict *means* (pass or drop) is decided per packet
  * from the namespace's current mode, so flipping audit -> enforce is one map
@@ -439,6 +443,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct endpoint_value *ep = bpf_map_lookup_elem(&cnp_endpoints, &ek);
 	if (!ep)
 		return TC_ACT_OK;
+	int host = ep->flags & CNP_ENDPOINT_F_HOST;
+	/* On a node device the programs sit the other way round (tc ingress
+	 * is the host's ingress), and only the host's own packets are its:
+	 * pods' packets crossing the device were judged at their veths. */
+	if (host && (dir == CNP_DIR_EGRESS ? p.saddr : p.daddr) != ep->addr)
+		return TC_ACT_OK;
 	__u32 ns_id = ep->ns_id;
 	__u32 mode = CNP_MODE_OFF;
 	struct ns_mode_value *mv = bpf_map_lookup_elem(&cnp_ns_mode, &ns_id);
@@ -526,7 +536,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	/* The proxy already applied the L7 rules to its upstream leg; only TCP
 	 * goes through it. */
-	if (proxied_for || p.proto != IPPROTO_TCP)
+	if (proxied_for || p.proto != IPPROTO_TCP || host)
 		proxy_port = 0;
 
 	struct ct_value n = {

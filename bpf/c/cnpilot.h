@@ -88,8 +88,12 @@ struct endpoint_value {
 	__u32 identity;
 	__u32 ns_id; /* key of ns_mode */
 	__u32 addr;
-	__u32 flags;
+	__u32 flags; /* CNP_ENDPOINT_F_* */
 };
+/* The node's own device (uplink, link to another node): the endpoint is the
+ * host, `addr` its address, and only packets to or from that address are
+ * the host's (forwarded pod traffic is judged at the pods' veths). */
+#define CNP_ENDPOINT_F_HOST 1
 
 /* ns_mode: namespace id -> CNP_MODE_*. Flipping a namespace is one update. */
 struct ns_mode_value {

@@ -101,10 +101,39 @@ impl Datapath {
     /// (left by an earlier agent) is updated in place to this agent's
     /// program, so the interface is never without one.
     pub fn attach(&mut self, netns: Option<&Path>, ifname: &str) -> Result<(), DatapathError> {
-        for (program, attach_type, suffix) in [
-            (PROG_FROM_POD, TcAttachType::Ingress, "ingress"),
-            (PROG_TO_POD, TcAttachType::Egress, "egress"),
-        ] {
+        self.attach_pair(
+            netns,
+            ifname,
+            [
+                (PROG_FROM_POD, TcAttachType::Ingress, "ingress"),
+                (PROG_TO_POD, TcAttachType::Egress, "egress"),
+            ],
+        )
+    }
+
+    /// Attaches the programs to one of the node's own devices (the host
+    /// firewall): the other way round from a pod's veth, since a packet
+    /// arriving on the device is the host's ingress. Its endpoint entry
+    /// carries `ENDPOINT_F_HOST` and the node's address. Pinned and
+    /// detached like a pod's interface.
+    pub fn attach_host(&mut self, netns: Option<&Path>, ifname: &str) -> Result<(), DatapathError> {
+        self.attach_pair(
+            netns,
+            ifname,
+            [
+                (PROG_TO_POD, TcAttachType::Ingress, "ingress"),
+                (PROG_FROM_POD, TcAttachType::Egress, "egress"),
+            ],
+        )
+    }
+
+    fn attach_pair(
+        &mut self,
+        netns: Option<&Path>,
+        ifname: &str,
+        pair: [(&'static str, TcAttachType, &'static str); 2],
+    ) -> Result<(), DatapathError> {
+        for (program, attach_type, suffix) in pair {
             let pin = link_pin(&self.pin_dir, ifname, suffix);
             let prog = classifier(&mut self.ebpf, program)?;
             if pin.exists() {

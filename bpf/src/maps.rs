@@ -58,6 +58,8 @@ pub mod reason {
 }
 
 pub const IPCACHE_F_LOCAL_ENDPOINT: u32 = 1;
+/// `EndpointValue::flags`: the node's own device (host firewall); see `cnpilot.h`.
+pub const ENDPOINT_F_HOST: u32 = 1;
 pub const SUBJECT_F_DEFAULT_DENY: u32 = 1;
 
 /// `skb->mark` values of the L7 redirect (see `cnpilot.h`).

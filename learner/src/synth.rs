@@ -214,6 +214,7 @@ impl BenchCluster {
             nodes: vec![NodeInfo {
                 name: node.clone(),
                 addresses: vec![IpAddr::V4(Ipv4Addr::new(198, 18, 255, 1))],
+                labels: Default::default(),
             }],
         });
         let addresses = (0..20u8)

@@ -42,6 +42,8 @@ pub struct Inventory {
     pub node_name: String,
     pub node_netns: PathBuf,
     pub node_ip: Ipv4Addr,
+    /// This node's labels (what a CCNP's `nodeSelector` matches).
+    pub node_labels: BTreeMap<String, String>,
     pub pods: Vec<Pod>,
     /// Other nodes' pods: in the ipcache with their identities (as Cilium's
     /// is cluster-wide), never attached to (no interface here).
@@ -52,6 +54,9 @@ pub struct Inventory {
     /// This node's pods that have no route to an interface yet (a pod being
     /// wired up): picked up by a later refresh.
     pub unrouted: Vec<String>,
+    /// The node's own devices the host firewall is attached to (none when
+    /// it is off); filled in by the agent after the build.
+    pub host_devices: Vec<crate::host::HostDevice>,
 }
 
 /// The `ns_mode` key of a namespace: a hash of its name, so `cnpilot mode`
@@ -242,11 +247,13 @@ impl Inventory {
             node_name: node.to_string(),
             node_netns: node_netns.to_path_buf(),
             node_ip,
+            node_labels: node_info.labels.clone(),
             pods,
             remote_pods,
             remote_nodes,
             namespaces,
             unrouted,
+            host_devices: Vec::new(),
         })
     }
 
@@ -283,6 +290,10 @@ pub struct Changes {
     pub attach: Vec<Pod>,
     /// Interfaces to detach (pods gone, or moved off the interface).
     pub detach: Vec<Pod>,
+    /// Node devices new to the host firewall.
+    pub host_attach: Vec<crate::host::HostDevice>,
+    /// Node devices gone (or renumbered).
+    pub host_detach: Vec<crate::host::HostDevice>,
 }
 
 impl Changes {
@@ -303,11 +314,26 @@ impl Changes {
                 .filter(|p| !new_keys.contains(&key(p)))
                 .cloned()
                 .collect(),
+            host_attach: new
+                .host_devices
+                .iter()
+                .filter(|d| !old.host_devices.contains(d))
+                .cloned()
+                .collect(),
+            host_detach: old
+                .host_devices
+                .iter()
+                .filter(|d| !new.host_devices.contains(d))
+                .cloned()
+                .collect(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.attach.is_empty() && self.detach.is_empty()
+        self.attach.is_empty()
+            && self.detach.is_empty()
+            && self.host_attach.is_empty()
+            && self.host_detach.is_empty()
     }
 }
 
@@ -386,10 +412,12 @@ mod tests {
                 NodeInfo {
                     name: "n1".into(),
                     addresses: vec!["198.18.255.1".parse().unwrap()],
+                    labels: BTreeMap::new(),
                 },
                 NodeInfo {
                     name: "n2".into(),
                     addresses: vec!["198.18.255.2".parse().unwrap()],
+                    labels: BTreeMap::new(),
                 },
             ],
         }

@@ -11,6 +11,7 @@
 pub mod api;
 mod error;
 pub mod events;
+pub mod host;
 mod instance;
 pub mod inventory;
 mod l7;
@@ -26,6 +27,7 @@ use cnpilot_bpf::Mode;
 
 pub use cnpilot_learner::inventory::InventorySource;
 pub use error::{AgentError, Result};
+pub use host::{host_mode_id, HostFirewall};
 pub use inventory::{ns_id, OWN_NETNS};
 pub use l7::DEFAULT_PROXY_PORT;
 pub use policy::{Staged, Visibility};
@@ -57,6 +59,9 @@ pub struct AgentConfig {
     pub ring_buffer_mib: u32,
     /// HTTP visibility without L7 rules.
     pub visibility: Visibility,
+    /// The host firewall: the node's own devices, its own traffic judged
+    /// by CCNPs with a `nodeSelector` (identity `host`).
+    pub host_firewall: HostFirewall,
     /// The local API socket.
     pub socket: PathBuf,
     /// Namespaces a staged enforce has taken over; asked at start, on every
@@ -99,6 +104,11 @@ pub enum Notice {
     Attached { pods: Vec<String>, ms: f64 },
     /// Pods detached after an inventory change.
     Detached { pods: Vec<String> },
+    /// The host firewall's devices, at start and when they change.
+    HostDevices {
+        attached: Vec<String>,
+        detached: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Notice {
@@ -129,6 +139,16 @@ impl std::fmt::Display for Notice {
                 pods.join(", ")
             ),
             Notice::Detached { pods } => write!(f, "detached {}", pods.join(", ")),
+            Notice::HostDevices { attached, detached } => {
+                if !attached.is_empty() {
+                    write!(f, "host firewall on {}", attached.join(", "))?;
+                }
+                if !detached.is_empty() {
+                    let sep = if attached.is_empty() { "" } else { "; " };
+                    write!(f, "{sep}host firewall off {}", detached.join(", "))?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 //! and on pod churn.
 
 use crate::error::Context;
-use cnpilot_bpf::maps::{identity, EndpointValue, IpcacheValue, IPCACHE_F_LOCAL_ENDPOINT};
+use cnpilot_bpf::maps::{
+    identity, EndpointValue, IpcacheValue, ENDPOINT_F_HOST, IPCACHE_F_LOCAL_ENDPOINT,
+};
 use cnpilot_bpf::{Datapath, IpcacheEntry, Mode};
 
 use crate::{inventory, ns_id, policy, Notice};
@@ -27,10 +29,31 @@ pub(crate) fn churn(
             dp.tables_mut().remove_endpoint(pod.host_ifindex)?;
         }
     }
+    for dev in &changes.host_detach {
+        cnpilot_bpf::detach(pin_dir, &dev.name)
+            .with_context(|| format!("detaching from node device {}", dev.name))?;
+        if !inv.host_devices.iter().any(|d| d.ifindex == dev.ifindex) {
+            dp.tables_mut().remove_endpoint(dev.ifindex)?;
+        }
+    }
     program_maps(dp, inv, entries, None, keep_mode)?;
     for pod in &changes.attach {
         attach_pod(dp, &inv.node_netns, pod)?;
     }
+    for dev in &changes.host_attach {
+        attach_host(dp, &inv.node_netns, dev)?;
+    }
+    Ok(())
+}
+
+/// The host firewall's programs on one node device.
+pub(crate) fn attach_host(
+    dp: &mut Datapath,
+    node_netns: &std::path::Path,
+    dev: &crate::host::HostDevice,
+) -> crate::Result<()> {
+    dp.attach_host(Some(node_netns), &dev.name)
+        .with_context(|| format!("attaching the host firewall to {}", dev.name))?;
     Ok(())
 }
 
@@ -63,6 +86,15 @@ pub(crate) fn program_maps(
     reprogram_policy(dp, inv, entries)?;
     let mut notices = Vec::new();
     let t = dp.tables_mut();
+    // The host starts in audit and only `cnpilot mode --node` moves it:
+    // `--mode` is for namespaces, and enforcing a node's own traffic by a
+    // blanket flag is how operators lock themselves out.
+    if !inv.host_devices.is_empty() {
+        let id = crate::host::host_mode_id(&inv.node_name);
+        if !t.modes()?.iter().any(|(k, _)| *k == id) {
+            t.set_mode(id, Mode::Audit)?;
+        }
+    }
     for ns in inv.namespaces.keys() {
         let id = ns_id(ns);
         let current = t
@@ -127,6 +159,17 @@ pub(crate) fn reprogram_policy(
                 flags: IPCACHE_F_LOCAL_ENDPOINT,
             },
         });
+    }
+    for dev in &inv.host_devices {
+        t.upsert_endpoint(
+            dev.ifindex,
+            EndpointValue {
+                identity: identity::HOST,
+                ns_id: crate::host::host_mode_id(&inv.node_name),
+                addr: u32::from(inv.node_ip).to_be(),
+                flags: ENDPOINT_F_HOST,
+            },
+        )?;
     }
     for pod in &inv.remote_pods {
         ipcache.push(IpcacheEntry {

@@ -278,7 +278,14 @@ pub fn compile(
     }
     let set = effective_set(base, staged)?;
     let inputs = identity_inputs(inv);
-    let mut compiled = CompiledPolicy::compile(&set, &inputs, None);
+    // The node's own identity (`host`) is a subject only with the host
+    // firewall on: without devices to attach to, its entries would be
+    // compiled and never judged.
+    let node = (!inv.host_devices.is_empty()).then(|| cnpilot_recommender::compile::NodeInput {
+        name: inv.node_name.clone(),
+        labels: inv.node_labels.clone(),
+    });
+    let mut compiled = CompiledPolicy::compile(&set, &inputs, node.as_ref());
     compiled.set_proxy_port(proxy_port);
     for w in compiled.warnings() {
         tracing::warn!("{w}");

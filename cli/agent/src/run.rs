@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::error::Context;
 use crate::inventory::{self, Inventory};
-use crate::maps::{attach_pod, churn, program_maps, reprogram_policy};
+use crate::maps::{attach_host, attach_pod, churn, program_maps, reprogram_policy};
 use crate::socket::{self, Hub, ReloadRequest};
 use crate::store::{StoreSummary, StoreThread};
 use crate::{events, l7, ns_id, policy, store, AgentConfig, Notice, StagedSet};
@@ -96,12 +96,13 @@ impl Agent {
             .snapshot()
             .with_context(|| format!("reading the inventory ({})", source.describe()))?;
         let mut identities = IdentityAllocator::new();
-        let inv = Inventory::build(
+        let mut inv = Inventory::build(
             &snapshot,
             &config.node_name,
             &config.node_netns,
             &mut identities,
         )?;
+        inv.host_devices = crate::host::devices(&config.host_firewall, &inv)?;
         for pod in &inv.unrouted {
             (config.notices)(Notice::Unrouted(pod.clone()));
         }
@@ -144,6 +145,15 @@ impl Agent {
         }
         for pod in &inv.pods {
             attach_pod(&mut dp, &inv.node_netns, pod)?;
+        }
+        for dev in &inv.host_devices {
+            attach_host(&mut dp, &inv.node_netns, dev)?;
+        }
+        if !inv.host_devices.is_empty() {
+            (config.notices)(Notice::HostDevices {
+                attached: inv.host_devices.iter().map(|d| d.name.clone()).collect(),
+                detached: Vec::new(),
+            });
         }
         let reader = dp.events()?;
         let (hub, reloads) = socket::serve(&config.socket)?;
@@ -353,12 +363,17 @@ impl Agent {
             return Ok(());
         }
         let changed_at = Instant::now();
-        let new_inv = match Inventory::build(
+        let built = Inventory::build(
             &next,
             &self.config.node_name,
             &self.config.node_netns,
             &mut self.identities,
-        ) {
+        )
+        .and_then(|mut new_inv| {
+            new_inv.host_devices = crate::host::devices(&self.config.host_firewall, &new_inv)?;
+            Ok(new_inv)
+        });
+        let new_inv = match built {
             Ok(new_inv) => new_inv,
             Err(e) => {
                 tracing::warn!("inventory: {e}; keeping the last one");
@@ -402,6 +417,13 @@ impl Agent {
         if !changes.detach.is_empty() {
             (self.config.notices)(Notice::Detached {
                 pods: names(&changes.detach),
+            });
+        }
+        if !changes.host_attach.is_empty() || !changes.host_detach.is_empty() {
+            let names = |d: &[crate::host::HostDevice]| d.iter().map(|d| d.name.clone()).collect();
+            (self.config.notices)(Notice::HostDevices {
+                attached: names(&changes.host_attach),
+                detached: names(&changes.host_detach),
             });
         }
         if !changes.attach.is_empty() {

@@ -83,6 +83,19 @@ pub struct AgentArgs {
     /// (the default for `agent`); or a list: `8080,9090`, `auto,8443`.
     #[arg(long, value_name = "auto|off|PORTS")]
     pub http_visibility: Option<Visibility>,
+    /// The host firewall, as Cilium's: the programs also go on the node's
+    /// own devices, so the node's own traffic (hostNetwork pods included)
+    /// is observed with identity `host` and judged by
+    /// CiliumClusterwideNetworkPolicies with a `nodeSelector`. `auto`: every
+    /// device the node routes anything but a single local pod through (its
+    /// uplink, its links to other nodes); or a list: `eth0,eth1`. The node
+    /// starts in audit; `cnpilot mode --node NAME enforce` enforces it.
+    /// Always passes, whatever the policy: non-IPv4 (ARP, IPv6), loopback,
+    /// traffic between the node and its local pods (judged by the pods'
+    /// policies only), and packets crossing the device that are not to or
+    /// from the node's address (forwarded pod traffic).
+    #[arg(long, value_name = "off|auto|DEVICES", default_value = "off")]
+    pub host_firewall: cnpilot_agent::HostFirewall,
     /// The local API (`cnpilot observe`, `enforce`, `status`): a root-only
     /// Unix socket. By default `/run/cnpilot/agent.sock` for the default pin
     /// directory, `/run/cnpilot/agent-NAME.sock` for a pin directory NAME.
@@ -96,10 +109,15 @@ pub struct AgentArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["namespace", "node"])))]
 pub struct ModeArgs {
     /// The Kubernetes namespace to flip.
     #[arg(short = 'n', long)]
-    pub namespace: String,
+    pub namespace: Option<String>,
+    /// A node's host firewall to flip (the agent runs with `--host-firewall`;
+    /// the name is the agent's `--node`).
+    #[arg(long)]
+    pub node: Option<String>,
     /// off, audit or enforce; without it, print the current mode.
     pub mode: Option<Mode>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -131,12 +149,16 @@ pub fn run_record(args: RecordArgs) -> anyhow::Result<Outcome> {
 
 pub fn run_mode(args: ModeArgs) -> anyhow::Result<Outcome> {
     let mut tables = Tables::open_pinned(&args.pin_dir)?;
-    let id = ns_id(&args.namespace);
+    let (id, what) = match (&args.namespace, &args.node) {
+        (Some(ns), _) => (ns_id(ns), ns.clone()),
+        (None, Some(node)) => (cnpilot_agent::host_mode_id(node), format!("node {node}")),
+        (None, None) => anyhow::bail!("give --namespace NAME or --node NAME"),
+    };
     match args.mode {
-        None => println!("{}: {}", args.namespace, tables.mode(id)?),
+        None => println!("{what}: {}", tables.mode(id)?),
         Some(mode) => {
             let old = tables.set_mode(id, mode)?;
-            println!("{}: {old} -> {mode}", args.namespace);
+            println!("{what}: {old} -> {mode}");
         }
     }
     Ok(Outcome::Success)
@@ -207,6 +229,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
             None => Visibility::Off,
         }),
         socket: socket.clone(),
+        host_firewall: args.host_firewall.clone(),
         staged: Some(Box::new(EnforceRecords(args.state_dir.clone()))),
         notices: Box::new(|notice: Notice| eprintln!("cnpilot agent: {notice}")),
     };

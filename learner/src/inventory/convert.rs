@@ -124,5 +124,6 @@ pub fn node_info(node: &Node) -> NodeInfo {
     NodeInfo {
         name: node.metadata.name.clone().unwrap_or_default(),
         addresses,
+        labels: node.metadata.labels.clone().unwrap_or_default(),
     }
 }

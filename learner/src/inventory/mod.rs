@@ -94,6 +94,8 @@ pub struct NodeInfo {
     pub name: String,
     /// InternalIP and ExternalIP addresses.
     pub addresses: Vec<IpAddr>,
+    /// What a CCNP's `nodeSelector` matches.
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,161 @@
+//! The host firewall on the seed lab (the article's third pattern): the
+//! node's own traffic — the hostNetwork datadog agent's — is observed on the
+//! node's uplink with identity `host`, judged by the article's
+//! `host-firewall-policy` (a CCNP with `nodeSelector: {}`), and enforced
+//! after one `cnpilot mode --node` flip, while pods' traffic across the same
+//! uplink is left to the pods' own policies.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cnpilot_e2e::steps::seed_lab;
+use cnpilot_e2e::{workspace_root, SeedAgent};
+use serde_json::Value;
+
+/// The intake (allowed by the policy's toCIDR) and another world host.
+const INTAKE: &str = "198.19.162.10";
+const OTHER_WORLD: &str = "198.19.50.10";
+
+/// The seed policies, with the host policy's public CIDRs (the article's
+/// Datadog ranges) mapped onto the lab's world, as the lab maps the
+/// intake's address: lab traffic never leaves 198.18.0.0/15.
+fn lab_policies(dir: &Path) {
+    let seed = workspace_root().join("cli/policies/seed");
+    for entry in std::fs::read_dir(&seed).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text
+            .replace("162.244.50.0/24", "198.19.162.0/24")
+            .replace("162.213.130.0/24", "198.19.163.0/24");
+        std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
+    }
+}
+
+/// A TCP connection from `netns` to `addr:port` within `wait`.
+fn connects(netns: &str, addr: &str, port: u16, wait: Duration) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", netns, "timeout"])
+        .arg(format!("{}", wait.as_secs_f64()))
+        .args(["bash", "-c", &format!("exec 3<>/dev/tcp/{addr}/{port}")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn wait_event(agent: &SeedAgent, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(ev) = agent.all_events().into_iter().find(|e| f(e)) {
+            return ev;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event: {what}\nagent:\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn host_egress_to(ev: &Value, addr: &str, verdict: &str) -> bool {
+    ev["type"] == "l3-l4"
+        && ev["src"]["identity"] == 1
+        && ev["src"]["name"] == "host"
+        && ev["dst"]["ip"] == addr
+        && ev["direction"] == "egress"
+        && ev["verdict"] == verdict
+}
+
+#[test]
+fn the_node_is_observed_then_enforced_by_its_ccnp_and_pods_are_unaffected() {
+    let Some((lab, work)) = seed_lab("host_firewall_lab") else {
+        return;
+    };
+    let policies = work.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    lab_policies(&policies);
+    let agent = SeedAgent::start_with(
+        &lab,
+        work.path(),
+        Some(&policies),
+        "audit",
+        &["--host-firewall", "auto"],
+    );
+    let state = lab.state();
+    let node_ns = state["node"]["netns"].as_str().unwrap().to_string();
+    let node = state["node"]["name"].as_str().unwrap().to_string();
+    let uplink = state["node"]["uplink"].as_str().unwrap().to_string();
+    assert!(
+        agent
+            .stderr_text()
+            .contains(&format!("host firewall on {uplink}")),
+        "{}",
+        agent.stderr_text()
+    );
+    let pod_ns = state["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == "tenant-a" && p["host_network"] != true)
+        .and_then(|p| p["netns"].as_str())
+        .unwrap()
+        .to_string();
+    let pin = agent.pin();
+    let mode = |m: &str| {
+        let out = lab.cnpilot(&["mode", "--node", &node, m, "--pin-dir", pin]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let quick = Duration::from_secs(2);
+
+    // Audit: the node reaches both; the one its policy does not allow is a
+    // would-drop, the intake is forwarded, both with identity `host`.
+    assert!(connects(&node_ns, INTAKE, 443, quick));
+    assert!(connects(&node_ns, OTHER_WORLD, 443, quick));
+    wait_event(&agent, "host -> intake forwarded", |e| {
+        host_egress_to(e, INTAKE, "forwarded")
+    });
+    let would = wait_event(&agent, "host -> other world would-drop", |e| {
+        host_egress_to(e, OTHER_WORLD, "would-drop")
+    });
+    assert_eq!(would["reason"], "default-deny", "{would}");
+
+    // One map update: the node enforces.
+    assert!(mode("enforce").contains("audit -> enforce"));
+    let started = Instant::now();
+    assert!(
+        connects(&node_ns, INTAKE, 443, quick),
+        "the intake (toCIDR) is allowed"
+    );
+    assert!(
+        connects(&node_ns, INTAKE, 80, quick),
+        "toCIDR without ports allows every port"
+    );
+    assert!(
+        !connects(&node_ns, OTHER_WORLD, 443, quick),
+        "another world address is dropped"
+    );
+    wait_event(&agent, "host -> other world dropped", |e| {
+        host_egress_to(e, OTHER_WORLD, "dropped")
+    });
+    eprintln!("enforce checks took {:?}", started.elapsed());
+
+    // A pod's traffic crosses the same uplink and is not the host's: its
+    // namespace is in audit, so it passes.
+    assert!(
+        connects(&pod_ns, OTHER_WORLD, 443, quick),
+        "a pod behind the enforcing node is unaffected"
+    );
+    assert!(
+        !agent
+            .all_events()
+            .iter()
+            .any(|e| e["src"]["identity"] == 1 && e["src"]["ip"] != state["node"]["ip"]),
+        "only the node's own address is ever the host"
+    );
+
+    // And back: audit lets it through again.
+    assert!(mode("audit").contains("enforce -> audit"));
+    assert!(connects(&node_ns, OTHER_WORLD, 443, quick));
+}
