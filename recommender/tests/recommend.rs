@@ -2,143 +2,13 @@
 //! privilege, exact selectors, L7 rules, brownfield semantics, the proofs,
 //! CRD validity and byte-identical output.
 
-use std::collections::BTreeMap;
+mod common;
 
-use cnpilot_learner::aggregate::{FlowSummary, FlowTable};
-use cnpilot_learner::pathtemplate;
-use cnpilot_learner::Labels;
-use cnpilot_recommender::model::{load_paths, load_str, PolicySet};
+use cnpilot_learner::aggregate::FlowTable;
+use cnpilot_recommender::model::{load_paths, PolicySet};
 use cnpilot_recommender::proof::{probes, replay, Evaluators};
 use cnpilot_recommender::synth::{self, emit, Disposition, L7Mode, Options, Universe};
-
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-struct W {
-    id: u32,
-    ns: &'static str,
-    name: &'static str,
-    labels: &'static [(&'static str, &'static str)],
-}
-
-const FRONTEND: W = W {
-    id: 3855,
-    ns: "web",
-    name: "frontend-app",
-    labels: &[("app", "frontend-app")],
-};
-const ANALYTICS: W = W {
-    id: 4000,
-    ns: "data",
-    name: "analytics-service",
-    labels: &[("app", "analytics-service")],
-};
-const FINANCE: W = W {
-    id: 4100,
-    ns: "ops",
-    name: "finance-tool",
-    labels: &[("app", "finance-tool")],
-};
-const PAYMENTS: W = W {
-    id: 5000,
-    ns: "payments",
-    name: "payments-api",
-    labels: &[("app", "payments-api")],
-};
-const DNS: W = W {
-    id: 600,
-    ns: "kube-system",
-    name: "kube-dns",
-    labels: &[("k8s-app", "kube-dns")],
-};
-const A_APP: W = W {
-    id: 700,
-    ns: "tenant-a",
-    name: "app",
-    labels: &[("app", "app"), ("tier", "backend")],
-};
-const A_WORKER: W = W {
-    id: 701,
-    ns: "tenant-a",
-    name: "worker",
-    labels: &[("app", "worker")],
-};
-const B_APP: W = W {
-    id: 800,
-    ns: "tenant-b",
-    name: "app",
-    labels: &[("app", "app"), ("tier", "backend")],
-};
-const PROM: W = W {
-    id: 900,
-    ns: "monitoring",
-    name: "prometheus",
-    labels: &[("app", "prometheus")],
-};
-
-fn labels(w: &W) -> Labels {
-    let mut l: Labels = w
-        .labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    l.insert("io.kubernetes.pod.namespace", w.ns);
-    l
-}
-
-fn row(
-    src: &W,
-    dst: &W,
-    proto: u8,
-    port: u16,
-    http: Option<(&str, &[&str])>,
-    n: u64,
-) -> FlowSummary {
-    let (l7_protocol, l7_method, path_template, paths) = match http {
-        Some((m, paths)) => (
-            Some("http".to_string()),
-            Some(m.to_string()),
-            Some(pathtemplate::template(paths[0]).into_owned()),
-            paths.iter().map(|p| p.to_string()).collect(),
-        ),
-        None => (None, None, None, Default::default()),
-    };
-    FlowSummary {
-        src_identity: src.id,
-        src_namespace: src.ns.into(),
-        src_workload: src.name.into(),
-        src_labels: labels(src),
-        dst_identity: dst.id,
-        dst_namespace: dst.ns.into(),
-        dst_workload: dst.name.into(),
-        dst_labels: labels(dst),
-        dst_peer: String::new(),
-        proto,
-        dst_port: port,
-        l7_protocol,
-        l7_method,
-        path_template,
-        connections: n,
-        records: n,
-        packets: n * 10,
-        bytes: n * 1000,
-        first_seen_ns: 1_780_000_000_000_000_000,
-        last_seen_ns: 1_780_000_060_000_000_000,
-        verdicts: BTreeMap::from([("forwarded".to_string(), n)]),
-        nodes: ["node-1".to_string()].into(),
-        paths,
-        with_query: 0,
-    }
-}
-
-fn to_world(src: &W, ip: &str, port: u16, n: u64) -> FlowSummary {
-    let mut r = row(src, src, 6, port, None, n);
-    r.dst_identity = 2;
-    r.dst_namespace = String::new();
-    r.dst_workload = "world".into();
-    r.dst_labels = Labels::reserved("world");
-    r.dst_peer = format!("{ip}/32");
-    r
-}
+use common::*;
 
 fn seed_table() -> FlowTable {
     let mut rows = vec![
@@ -230,26 +100,6 @@ fn seed_table() -> FlowTable {
 
 fn article() -> PolicySet {
     load_paths(&[format!("{ROOT}/cli/policies/seed")]).unwrap()
-}
-
-/// The proposal as files on disk would load it back.
-fn proposed_set(rec: &synth::Recommendation) -> PolicySet {
-    let mut set = PolicySet::default();
-    for p in &rec.policies {
-        set.extend(
-            load_str(
-                &emit::render(p).unwrap(),
-                &format!("proposed/{}", p.file_name),
-            )
-            .unwrap(),
-        );
-    }
-    set
-}
-
-fn schema(file: &str) -> jsonschema::Validator {
-    let text = std::fs::read_to_string(format!("{ROOT}/recommender/crds/{file}")).unwrap();
-    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
 }
 
 #[test]

@@ -26,13 +26,17 @@ pub struct Evaluators {
 }
 
 impl Evaluators {
+    /// Host policies are compiled for the universe's node
+    /// ([`Universe::node_input`]), so that a flow of the host is decided
+    /// by them as the host firewall would.
     pub fn new(universe: &Universe, current: &PolicySet, proposed: &PolicySet) -> Evaluators {
         let ids = universe.identity_inputs();
+        let node = universe.node_input();
         let mut both = current.clone();
         both.extend(proposed.clone());
         Evaluators {
-            current: CompiledPolicy::compile(current, &ids, None),
-            combined: CompiledPolicy::compile(&both, &ids, None),
+            current: CompiledPolicy::compile(current, &ids, Some(&node)),
+            combined: CompiledPolicy::compile(&both, &ids, Some(&node)),
             proposed_files: proposed.policies.iter().map(|p| p.file.clone()).collect(),
             has_current: !current.policies.is_empty(),
         }
@@ -69,8 +73,8 @@ impl Evaluators {
 }
 
 /// The source's egress and the destination's ingress for one flow (one
-/// request of it for an HTTP flow); a side that is not a workload is not
-/// enforced here.
+/// request of it for an HTTP flow); a side that is neither a workload nor
+/// the host ([`PeerRef::is_subject`]) is not enforced here.
 pub fn sides(
     compiled: &CompiledPolicy,
     src: &PeerRef,
@@ -85,13 +89,15 @@ pub fn sides(
         outcome: Outcome::NotEnforced,
         rule: None,
     };
-    let egress = match src {
-        PeerRef::Workload(_) => compiled.check(Direction::Egress, s, d, proto, port, http),
-        _ => not_enforced,
+    let egress = if src.is_subject() {
+        compiled.check(Direction::Egress, s, d, proto, port, http)
+    } else {
+        not_enforced
     };
-    let ingress = match dst {
-        PeerRef::Workload(_) => compiled.check(Direction::Ingress, d, s, proto, port, http),
-        _ => not_enforced,
+    let ingress = if dst.is_subject() {
+        compiled.check(Direction::Ingress, d, s, proto, port, http)
+    } else {
+        not_enforced
     };
     (egress, ingress)
 }

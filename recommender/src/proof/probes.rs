@@ -1,7 +1,9 @@
 //! Probes: flows that were never observed must be denied. Generated from
 //! the table: other peers toward every observed server port, other ports
 //! toward observed peers, other methods and paths on HTTP ports, other
-//! world addresses and ports, and world toward every server port.
+//! world addresses and ports, and world toward every server port. A
+//! server, a client or an "other peer" is a workload or, when the table
+//! has host flows, the host.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +13,7 @@ use serde::Serialize;
 use super::{decide, Evaluators};
 use crate::compile::{HttpRequest, Outcome, Side, Verdict};
 use crate::model::Cidr;
-use crate::synth::universe::{PeerRef, Universe};
+use crate::synth::universe::{PeerRef, Universe, HOST};
 use crate::synth::{http_of, proto_name};
 
 /// At most this many probes are generated (a large table would otherwise
@@ -87,15 +89,15 @@ fn request(method: &str, path: &str) -> HttpRequest {
 fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
     let mut seen: BTreeSet<(PeerRef, PeerRef, u8, u16)> = BTreeSet::new();
     let mut seen_http: BTreeSet<(PeerRef, PeerRef, u16, String, String)> = BTreeSet::new();
-    let mut server_ports: BTreeMap<u32, BTreeSet<(u8, u16)>> = BTreeMap::new();
+    let mut server_ports: BTreeMap<PeerRef, BTreeSet<(u8, u16)>> = BTreeMap::new();
     let mut http_ports: BTreeMap<(PeerRef, PeerRef, u16), Vec<(String, String)>> = BTreeMap::new();
     for row in &table.rows {
         let src = universe.source(row);
         let dst = universe.destination(row);
         seen.insert((src.clone(), dst.clone(), row.proto, row.dst_port));
-        if let PeerRef::Workload(id) = dst {
+        if dst.is_subject() {
             server_ports
-                .entry(id)
+                .entry(dst.clone())
                 .or_default()
                 .insert((row.proto, row.dst_port));
         }
@@ -116,20 +118,22 @@ fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
         }
     }
     let mut out = Vec::new();
-    let workloads: Vec<u32> = universe.workloads.keys().copied().collect();
+    let mut clients: Vec<PeerRef> = universe
+        .workloads
+        .keys()
+        .map(|id| PeerRef::Workload(*id))
+        .collect();
+    if !universe.host_nodes.is_empty() {
+        clients.push(PeerRef::Entity(HOST));
+    }
     // Other peers toward every server port.
     for (dst, ports) in &server_ports {
-        for src in &workloads {
+        for src in &clients {
             if src == dst {
                 continue;
             }
             for &(proto, port) in ports {
-                let key = (
-                    PeerRef::Workload(*src),
-                    PeerRef::Workload(*dst),
-                    proto,
-                    port,
-                );
+                let key = (src.clone(), dst.clone(), proto, port);
                 if !seen.contains(&key) {
                     out.push(Candidate {
                         kind: ProbeKind::OtherPeer,
@@ -141,27 +145,27 @@ fn candidates(table: &FlowTable, universe: &Universe) -> Vec<Candidate> {
                     });
                 }
             }
-            let from_world = (PeerRef::Entity("world"), PeerRef::Workload(*dst));
-            for &(proto, port) in ports {
-                if !seen.contains(&(from_world.0.clone(), from_world.1.clone(), proto, port))
-                    && *src == workloads[0]
-                {
-                    out.push(Candidate {
-                        kind: ProbeKind::FromWorld,
-                        src: from_world.0.clone(),
-                        dst: from_world.1.clone(),
-                        proto,
-                        port,
-                        http: None,
-                    });
-                }
+        }
+        // Once per server, whichever client comes first (an earlier
+        // spelling skipped the servers that were also the first client).
+        let world = PeerRef::Entity("world");
+        for &(proto, port) in ports {
+            if !seen.contains(&(world.clone(), dst.clone(), proto, port)) {
+                out.push(Candidate {
+                    kind: ProbeKind::FromWorld,
+                    src: world.clone(),
+                    dst: dst.clone(),
+                    proto,
+                    port,
+                    http: None,
+                });
             }
         }
     }
     // Other ports, and other world addresses, toward observed peers.
     let mut pairs: BTreeMap<(PeerRef, PeerRef, u8), BTreeSet<u16>> = BTreeMap::new();
     for (s, d, proto, port) in &seen {
-        if matches!(s, PeerRef::Workload(_)) {
+        if s.is_subject() {
             pairs
                 .entry((s.clone(), d.clone(), *proto))
                 .or_default()

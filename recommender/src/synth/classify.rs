@@ -120,10 +120,10 @@ pub(crate) fn classify(
     let mut needs = Vec::new();
     // A side with no policy at all (NoPolicy) still needs a rule: the
     // proposal puts the subject into default deny in that direction.
-    if matches!(src, PeerRef::Workload(_)) && !explicitly_allowed(&egress) {
+    if src.is_subject() && !explicitly_allowed(&egress) {
         needs.push(Dir::Egress);
     }
-    if matches!(dst, PeerRef::Workload(_)) && !explicitly_allowed(&ingress) {
+    if dst.is_subject() && !explicitly_allowed(&ingress) {
         needs.push(Dir::Ingress);
     }
     Ok(needs)

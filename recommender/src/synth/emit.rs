@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::l7::{http_rules, L7Mode};
 use super::selector;
 use super::universe::{PeerRef, Universe};
-use super::{proto_name, Dir, Options, PortEvidence, Sides};
+use super::{proto_name, Dir, Options, PortEvidence, Sides, Subject};
 use crate::model::{
     ApiVersion, Cidr, CiliumPolicy, DefaultDeny, DnsRule, EgressRule, Entity, IngressRule, L7Rules,
     LabelSelector, ObjectMeta, PolicyKind, PortProtocol, PortRule, PortSpec, Protocol, Rule,
@@ -68,85 +68,6 @@ pub struct RuleEvidence {
     pub default_deny_only: bool,
 }
 
-fn merge(into: &mut PortEvidence, from: PortEvidence) {
-    if into.rows == 0 {
-        *into = from;
-        return;
-    }
-    into.connections += from.connections;
-    into.rows += from.rows;
-    into.first_seen_ns = into.first_seen_ns.min(from.first_seen_ns);
-    into.last_seen_ns = into.last_seen_ns.max(from.last_seen_ns);
-    into.plain |= from.plain;
-    if into.example.is_none() {
-        into.example = from.example;
-    }
-    for (method, templates) in from.requests {
-        let t = into.requests.entry(method).or_default();
-        for (template, m) in templates {
-            let slot = t.entry(template).or_default();
-            slot.paths.extend(m.paths);
-            slot.with_query |= m.with_query;
-        }
-    }
-}
-
-/// World destinations: `/32`s, merged into a shorter prefix only when both
-/// halves of it were seen on the same ports (so a merged prefix holds only
-/// addresses that were all seen), or all cut to `--cidr-prefix`.
-pub(crate) fn aggregate_cidrs(sides: &mut Sides, prefix: Option<u8>) {
-    for peers in sides.values_mut() {
-        let cidrs: Vec<PeerRef> = peers
-            .keys()
-            .filter(|p| matches!(p, PeerRef::Cidr(c) if c.as_v4().is_some()))
-            .cloned()
-            .collect();
-        if cidrs.is_empty() {
-            continue;
-        }
-        let mut by_prefix: BTreeMap<Cidr, BTreeMap<(u8, u16), PortEvidence>> = BTreeMap::new();
-        for peer in cidrs {
-            let Some(ports) = peers.remove(&peer) else {
-                continue;
-            };
-            let PeerRef::Cidr(c) = peer else { continue };
-            let target = match (prefix, c.as_v4()) {
-                (Some(len), Some((net, l))) if len < l => Cidr::v4(net.into(), len),
-                _ => c,
-            };
-            let slot = by_prefix.entry(target).or_default();
-            for (port, ev) in ports {
-                merge(slot.entry(port).or_default(), ev);
-            }
-        }
-        if prefix.is_none() {
-            loop {
-                let pair = by_prefix.iter().find_map(|(c, ports)| {
-                    let (net, len) = c.as_v4()?;
-                    if len == 0 {
-                        return None;
-                    }
-                    let bit = 1u32 << (32 - u32::from(len));
-                    let sibling = Cidr::v4((net ^ bit).into(), len);
-                    let same_ports = by_prefix
-                        .get(&sibling)
-                        .is_some_and(|s| s.keys().eq(ports.keys()));
-                    same_ports.then(|| (*c, sibling, Cidr::v4(net.into(), len - 1)))
-                });
-                let Some((a, b, parent)) = pair else { break };
-                let mut merged = by_prefix.remove(&a).unwrap_or_default();
-                for (port, ev) in by_prefix.remove(&b).unwrap_or_default() {
-                    merge(merged.entry(port).or_default(), ev);
-                }
-                by_prefix.insert(parent, merged);
-            }
-        }
-        for (c, ports) in by_prefix {
-            peers.insert(PeerRef::Cidr(c), ports);
-        }
-    }
-}
-
 fn protocol(proto: u8) -> Protocol {
     match proto {
         6 => Protocol::Tcp,
@@ -164,18 +85,53 @@ fn entity(name: &str) -> Option<Entity> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
 }
 
-/// The `toPorts` of one peer, and the HTTP rules with their members.
+/// What a subject's rules may carry at L7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum L7Policy {
+    /// A workload's CNP: HTTP rules as `--l7` says, DNS companions.
+    Workload(L7Mode),
+    /// A host policy: none at all (see [`super::host`]).
+    Host,
+}
+
+/// A generated HTTP rule (`GET /api/v1/charges`) and the observed paths
+/// behind it.
+type HttpMembers = (String, Vec<String>);
+
+/// A peer, and a (protocol, port) whose observed HTTP got an L4 rule only.
+pub(crate) type L7Dropped = (String, (u8, u16));
+
+/// What one peer's observed ports become.
+struct PeerPorts {
+    to_ports: Vec<PortRule>,
+    http: Vec<HttpMembers>,
+    /// Ports whose observed HTTP got no rule: the policy takes none.
+    l7_dropped: Vec<(u8, u16)>,
+}
+
+/// The `toPorts` of one peer, with the HTTP rules' members.
 fn port_rules(
     peer: &PeerRef,
     ports: &BTreeMap<(u8, u16), PortEvidence>,
     dir: Dir,
-    mode: L7Mode,
-) -> (Vec<PortRule>, Vec<(String, Vec<String>)>) {
+    l7: L7Policy,
+) -> PeerPorts {
     let mut plain = Vec::new();
     let mut dns = Vec::new();
     let mut http = Vec::new();
     let mut members = Vec::new();
+    let mut l7_dropped = Vec::new();
     for (&(proto, port), ev) in ports {
+        let mode = match l7 {
+            L7Policy::Workload(mode) => mode,
+            L7Policy::Host => {
+                if !ev.requests.is_empty() {
+                    l7_dropped.push((proto, port));
+                }
+                plain.push(port_protocol(proto, port));
+                continue;
+            }
+        };
         let is_dns = dir == Dir::Egress && port == 53 && matches!(peer, PeerRef::Workload(_));
         if is_dns {
             dns.push(port_protocol(proto, port));
@@ -232,7 +188,11 @@ fn port_rules(
         });
     }
     out.extend(http);
-    (out, members)
+    PeerPorts {
+        to_ports: out,
+        http: members,
+        l7_dropped,
+    }
 }
 
 /// What one peer was seen on: (protocol, port) → evidence.
@@ -248,7 +208,7 @@ struct Group {
     peers: Vec<String>,
     evidence: PortEvidence,
     to_ports: Vec<PortRule>,
-    http: Vec<(String, Vec<String>)>,
+    http: Vec<HttpMembers>,
 }
 
 fn kind_order(p: &PeerRef) -> u8 {
@@ -259,20 +219,28 @@ fn kind_order(p: &PeerRef) -> u8 {
     }
 }
 
+/// The rule groups of one side, and the peers and ports whose observed
+/// HTTP got no rule (`l7` allows none).
 fn groups(
     peers: &BTreeMap<PeerRef, BTreeMap<(u8, u16), PortEvidence>>,
     dir: Dir,
     policy_namespace: &str,
     universe: &Universe,
     chosen: &BTreeMap<u32, selector::Chosen>,
-    mode: L7Mode,
-) -> Vec<Group> {
+    l7: L7Policy,
+) -> (Vec<Group>, Vec<L7Dropped>) {
     let mut by_key: BTreeMap<(u8, String), Group> = BTreeMap::new();
+    let mut l7_dropped = Vec::new();
     // Peers by name, so a rule lists them in an order a reader can scan.
     let mut sorted: Vec<(&PeerRef, &Ports)> = peers.iter().collect();
     sorted.sort_by_cached_key(|(p, _)| (kind_order(p), universe.name_of(p)));
     for (peer, ports) in sorted {
-        let (to_ports, http) = port_rules(peer, ports, dir, mode);
+        let PeerPorts {
+            to_ports,
+            http,
+            l7_dropped: dropped,
+        } = port_rules(peer, ports, dir, l7);
+        l7_dropped.extend(dropped.into_iter().map(|p| (universe.name_of(peer), p)));
         let key = (
             kind_order(peer),
             serde_json::to_string(&to_ports).unwrap_or_default(),
@@ -290,7 +258,7 @@ fn groups(
         }
         g.peers.push(universe.name_of(peer));
         for ev in ports.values() {
-            merge(&mut g.evidence, ev.clone());
+            g.evidence.merge(ev.clone());
         }
         match peer {
             PeerRef::Workload(id) => {
@@ -307,7 +275,7 @@ fn groups(
             PeerRef::Cidr(c) => g.cidrs.push(*c),
         }
     }
-    by_key.into_values().collect()
+    (by_key.into_values().collect(), l7_dropped)
 }
 
 fn evidence_text(e: &RuleEvidence) -> String {
@@ -367,98 +335,179 @@ fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
     (!v.is_empty()).then_some(v)
 }
 
-/// One CNP per subject workload with anything to allow.
-pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) -> Vec<Proposed> {
-    let subjects: std::collections::BTreeSet<u32> = sides.keys().map(|(id, _)| *id).collect();
+/// One subject's rules in both directions, with their evidence; a
+/// direction with nothing observed gets the empty rule that only keeps it
+/// in default deny.
+pub(crate) struct SubjectRules {
+    pub ingress: Vec<IngressRule>,
+    pub egress: Vec<EgressRule>,
+    pub evidence: Vec<RuleEvidence>,
+    pub l7_dropped: Vec<L7Dropped>,
+}
+
+pub(crate) fn subject_rules(
+    sides: &Sides,
+    subject: Subject,
+    policy_namespace: &str,
+    universe: &Universe,
+    selectors: &BTreeMap<u32, selector::Chosen>,
+    l7: L7Policy,
+) -> SubjectRules {
+    let empty = BTreeMap::new();
+    let mut out = SubjectRules {
+        ingress: Vec::new(),
+        egress: Vec::new(),
+        evidence: Vec::new(),
+        l7_dropped: Vec::new(),
+    };
+    let side = |dir| sides.get(&(subject, dir)).unwrap_or(&empty);
+    let (ingress, dropped) = groups(
+        side(Dir::Ingress),
+        Dir::Ingress,
+        policy_namespace,
+        universe,
+        selectors,
+        l7,
+    );
+    out.l7_dropped.extend(dropped);
+    for g in ingress {
+        out.evidence.push(rule_evidence(
+            format!("spec.ingress[{}]", out.ingress.len()),
+            Dir::Ingress,
+            &g,
+        ));
+        out.ingress.push(IngressRule {
+            from_endpoints: non_empty(g.endpoints),
+            from_entities: non_empty(g.entities),
+            from_cidr: non_empty(g.cidrs),
+            to_ports: non_empty(g.to_ports),
+            ..IngressRule::default()
+        });
+    }
+    let (egress, dropped) = groups(
+        side(Dir::Egress),
+        Dir::Egress,
+        policy_namespace,
+        universe,
+        selectors,
+        l7,
+    );
+    out.l7_dropped.extend(dropped);
+    for g in egress {
+        out.evidence.push(rule_evidence(
+            format!("spec.egress[{}]", out.egress.len()),
+            Dir::Egress,
+            &g,
+        ));
+        out.egress.push(EgressRule {
+            to_endpoints: non_empty(g.endpoints),
+            to_entities: non_empty(g.entities),
+            to_cidr: non_empty(g.cidrs),
+            to_ports: non_empty(g.to_ports),
+            ..EgressRule::default()
+        });
+    }
+    for (dir, list_empty, path) in [
+        (Dir::Ingress, out.ingress.is_empty(), "spec.ingress[0]"),
+        (Dir::Egress, out.egress.is_empty(), "spec.egress[0]"),
+    ] {
+        if list_empty {
+            out.evidence.push(RuleEvidence {
+                path: path.into(),
+                direction: dir,
+                peers: Vec::new(),
+                ports: Vec::new(),
+                http: Vec::new(),
+                connections: 0,
+                rows: 0,
+                first_seen_ns: 0,
+                last_seen_ns: 0,
+                example: String::new(),
+                default_deny_only: true,
+            });
+        }
+    }
+    if out.ingress.is_empty() {
+        out.ingress.push(IngressRule::default());
+    }
+    if out.egress.is_empty() {
+        out.egress.push(EgressRule::default());
+    }
+    out.evidence.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// The annotations of a generated policy: its subject, what its selector
+/// matches, and the evidence of every rule.
+pub(crate) fn annotations(
+    subject: &str,
+    blast_radius: &[String],
+    evidence: &[RuleEvidence],
+) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::new();
+    annotations.insert(format!("{ANNOTATION_PREFIX}subject"), subject.to_string());
+    annotations.insert(
+        format!("{ANNOTATION_PREFIX}blast-radius"),
+        blast_radius.join(", "),
+    );
+    for e in evidence {
+        let text = if e.default_deny_only {
+            "nothing observed in this direction: default deny only".to_string()
+        } else {
+            evidence_text(e)
+        };
+        annotations.insert(evidence_key(&e.path), text);
+    }
+    annotations
+}
+
+/// Both directions in default deny, spelled explicitly (see the module
+/// documentation for the empty rule that spells it for older Cilium).
+pub(crate) fn default_deny() -> DefaultDeny {
+    DefaultDeny {
+        ingress: Some(true),
+        egress: Some(true),
+    }
+}
+
+/// One CNP per subject workload with anything to allow, and the host
+/// policy when the host has.
+pub(crate) fn policies(
+    sides: &Sides,
+    universe: &Universe,
+    options: &Options,
+    warnings: &mut Vec<String>,
+) -> Vec<Proposed> {
+    let subjects: std::collections::BTreeSet<Subject> = sides.keys().map(|(s, _)| *s).collect();
     let mut names: BTreeMap<(String, String), u32> = BTreeMap::new();
-    for id in &subjects {
-        if let Some(w) = universe.workloads.get(id) {
+    for s in &subjects {
+        if let Some(w) = workload_of(*s, universe) {
             *names
                 .entry((w.namespace.clone(), w.workload.clone()))
                 .or_default() += 1;
         }
     }
-    let empty = BTreeMap::new();
     let selectors = selector::choose_all(universe);
     let mut out = Vec::new();
-    for id in subjects {
-        let Some(w) = universe.workloads.get(&id) else {
+    for subject in subjects {
+        if subject == Subject::Host {
+            out.push(super::host::policy(sides, universe, &selectors, warnings));
+            continue;
+        }
+        let Some(w) = workload_of(subject, universe) else {
             continue;
         };
-        let Some(chosen) = selectors.get(&id).cloned() else {
+        let Some(chosen) = selectors.get(&w.identity).cloned() else {
             continue;
         };
-        let mut evidence = Vec::new();
-        let mut ingress = Vec::new();
-        for g in groups(
-            sides.get(&(id, Dir::Ingress)).unwrap_or(&empty),
-            Dir::Ingress,
+        let rules = subject_rules(
+            sides,
+            subject,
             &w.namespace,
             universe,
             &selectors,
-            options.l7,
-        ) {
-            evidence.push(rule_evidence(
-                format!("spec.ingress[{}]", ingress.len()),
-                Dir::Ingress,
-                &g,
-            ));
-            ingress.push(IngressRule {
-                from_endpoints: non_empty(g.endpoints),
-                from_entities: non_empty(g.entities),
-                from_cidr: non_empty(g.cidrs),
-                to_ports: non_empty(g.to_ports),
-                ..IngressRule::default()
-            });
-        }
-        let mut egress = Vec::new();
-        for g in groups(
-            sides.get(&(id, Dir::Egress)).unwrap_or(&empty),
-            Dir::Egress,
-            &w.namespace,
-            universe,
-            &selectors,
-            options.l7,
-        ) {
-            evidence.push(rule_evidence(
-                format!("spec.egress[{}]", egress.len()),
-                Dir::Egress,
-                &g,
-            ));
-            egress.push(EgressRule {
-                to_endpoints: non_empty(g.endpoints),
-                to_entities: non_empty(g.entities),
-                to_cidr: non_empty(g.cidrs),
-                to_ports: non_empty(g.to_ports),
-                ..EgressRule::default()
-            });
-        }
-        for (dir, list_empty, path) in [
-            (Dir::Ingress, ingress.is_empty(), "spec.ingress[0]"),
-            (Dir::Egress, egress.is_empty(), "spec.egress[0]"),
-        ] {
-            if list_empty {
-                evidence.push(RuleEvidence {
-                    path: path.into(),
-                    direction: dir,
-                    peers: Vec::new(),
-                    ports: Vec::new(),
-                    http: Vec::new(),
-                    connections: 0,
-                    rows: 0,
-                    first_seen_ns: 0,
-                    last_seen_ns: 0,
-                    example: String::new(),
-                    default_deny_only: true,
-                });
-            }
-        }
-        if ingress.is_empty() {
-            ingress.push(IngressRule::default());
-        }
-        if egress.is_empty() {
-            egress.push(EgressRule::default());
-        }
+            L7Policy::Workload(options.l7),
+        );
         let unique = names
             .get(&(w.namespace.clone(), w.workload.clone()))
             .is_none_or(|n| *n <= 1);
@@ -467,21 +516,6 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
         } else {
             format!("cnpilot-{}-{}", w.workload, w.identity)
         };
-        let mut annotations = BTreeMap::new();
-        annotations.insert(format!("{ANNOTATION_PREFIX}subject"), w.name());
-        annotations.insert(
-            format!("{ANNOTATION_PREFIX}blast-radius"),
-            chosen.blast_radius.join(", "),
-        );
-        for e in &evidence {
-            let key = evidence_key(&e.path);
-            let text = if e.default_deny_only {
-                "nothing observed in this direction: default deny only".to_string()
-            } else {
-                evidence_text(e)
-            };
-            annotations.insert(key, text);
-        }
         let policy = CiliumPolicy {
             api_version: ApiVersion::CiliumV2,
             kind: PolicyKind::CiliumNetworkPolicy,
@@ -489,35 +523,38 @@ pub(crate) fn policies(sides: &Sides, universe: &Universe, options: &Options) ->
                 name: name.clone(),
                 namespace: Some(w.namespace.clone()),
                 labels: [(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into(),
-                annotations,
+                annotations: annotations(&w.name(), &chosen.blast_radius, &rules.evidence),
                 other: BTreeMap::new(),
             },
             spec: Some(Rule {
                 endpoint_selector: Some(chosen.selector.clone()),
-                ingress: Some(ingress),
-                egress: Some(egress),
-                enable_default_deny: Some(DefaultDeny {
-                    ingress: Some(true),
-                    egress: Some(true),
-                }),
+                ingress: Some(rules.ingress),
+                egress: Some(rules.egress),
+                enable_default_deny: Some(default_deny()),
                 ..Rule::default()
             }),
             specs: None,
             status: None,
             description: None,
         };
-        evidence.sort_by(|a, b| a.path.cmp(&b.path));
         out.push(Proposed {
             file_name: format!("{}-{}.yaml", w.namespace, name),
             policy,
             subject: w.name(),
             blast_radius: chosen.blast_radius,
             exact: chosen.exact,
-            rules: evidence,
+            rules: rules.evidence,
         });
     }
     out.sort_by(|a, b| a.file_name.cmp(&b.file_name));
     out
+}
+
+fn workload_of(subject: Subject, universe: &Universe) -> Option<&super::Workload> {
+    match subject {
+        Subject::Workload(id) => universe.workloads.get(&id),
+        Subject::Host => None,
+    }
 }
 
 /// The annotation key of a rule path: `spec.ingress[0]` →

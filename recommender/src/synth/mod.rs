@@ -4,12 +4,16 @@
 //! Every flow needs two sides: the source's egress and the destination's
 //! ingress. Each workload gets one CNP holding both directions; a workload
 //! is put in default deny in both directions (see [`emit`] for how that is
-//! spelled so that every Cilium version reads it the same way). With
-//! current policies, a side they already allow with an explicit rule needs
-//! nothing new, and what they deny on purpose stays denied ([`classify`]).
+//! spelled so that every Cilium version reads it the same way). The node's
+//! own host (identity 1, flows of the host firewall) is a subject too: its
+//! sides become one host policy ([`host`]). With current policies, a side
+//! they already allow with an explicit rule needs nothing new, and what
+//! they deny on purpose stays denied ([`classify`]).
 
+mod cidr;
 mod classify;
 pub mod emit;
+pub mod host;
 pub mod l7;
 pub mod selector;
 pub mod universe;
@@ -23,7 +27,7 @@ use serde::Serialize;
 pub use classify::{Disposition, Exclusion};
 pub use emit::{Proposed, RuleEvidence};
 pub use l7::L7Mode;
-pub use universe::{PeerRef, Universe, Workload};
+pub use universe::{PeerRef, Universe, Workload, HOST};
 
 use crate::compile::{CompiledPolicy, HttpRequest};
 use crate::model::PolicySet;
@@ -180,6 +184,31 @@ impl PortEvidence {
             None => self.plain = true,
         }
     }
+
+    /// Adds another peer's or address's evidence (peers grouped into one
+    /// rule, addresses merged into one prefix).
+    pub(crate) fn merge(&mut self, from: PortEvidence) {
+        if self.rows == 0 {
+            *self = from;
+            return;
+        }
+        self.connections += from.connections;
+        self.rows += from.rows;
+        self.first_seen_ns = self.first_seen_ns.min(from.first_seen_ns);
+        self.last_seen_ns = self.last_seen_ns.max(from.last_seen_ns);
+        self.plain |= from.plain;
+        if self.example.is_none() {
+            self.example = from.example;
+        }
+        for (method, templates) in from.requests {
+            let t = self.requests.entry(method).or_default();
+            for (template, m) in templates {
+                let slot = t.entry(template).or_default();
+                slot.paths.extend(m.paths);
+                slot.with_query |= m.with_query;
+            }
+        }
+    }
 }
 
 /// Direction of a side, from the subject's point of view.
@@ -190,13 +219,27 @@ pub enum Dir {
     Egress,
 }
 
-pub(crate) type Sides = BTreeMap<(u32, Dir), BTreeMap<PeerRef, BTreeMap<(u8, u16), PortEvidence>>>;
+/// Whose policy a side goes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Subject {
+    /// A workload identity: its CNP.
+    Workload(u32),
+    /// The host of the nodes: the host policy.
+    Host,
+}
+
+pub(crate) type Sides =
+    BTreeMap<(Subject, Dir), BTreeMap<PeerRef, BTreeMap<(u8, u16), PortEvidence>>>;
 
 /// Recommend policies for `table`, on top of `current` (empty for a
 /// cluster with no policies yet).
 pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> Recommendation {
     let universe = Universe::from_table(table);
-    let compiled_current = CompiledPolicy::compile(current, &universe.identity_inputs(), None);
+    let compiled_current = CompiledPolicy::compile(
+        current,
+        &universe.identity_inputs(),
+        Some(&universe.node_input()),
+    );
     let has_current = !current.policies.is_empty();
     let in_scope =
         |ns: &str| options.namespaces.is_empty() || options.namespaces.iter().any(|n| n == ns);
@@ -245,18 +288,18 @@ pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> R
                 Dir::Egress => (&src, &dst),
                 Dir::Ingress => (&dst, &src),
             };
-            let PeerRef::Workload(id) = subject else {
-                continue;
+            let key = match subject {
+                PeerRef::Workload(id) => match universe.workloads.get(id) {
+                    Some(w) if in_scope(&w.namespace) => Subject::Workload(*id),
+                    _ => continue,
+                },
+                // The host is in no namespace: `-n` leaves it out.
+                PeerRef::Entity(HOST) if options.namespaces.is_empty() => Subject::Host,
+                _ => continue,
             };
-            let Some(w) = universe.workloads.get(id) else {
-                continue;
-            };
-            if !in_scope(&w.namespace) {
-                continue;
-            }
             out_of_scope = false;
             sides
-                .entry((*id, dir))
+                .entry((key, dir))
                 .or_default()
                 .entry(peer.clone())
                 .or_default()
@@ -276,8 +319,10 @@ pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> R
             "{icmp_skipped} ICMP/other-protocol flow rows were not turned into rules (icmps rules are not emitted yet)"
         ));
     }
-    emit::aggregate_cidrs(&mut sides, options.cidr_prefix);
-    rec.policies = emit::policies(&sides, &universe, options);
+    cidr::aggregate_cidrs(&mut sides, options.cidr_prefix);
+    rec.policies = emit::policies(&sides, &universe, options, &mut rec.warnings);
+    rec.warnings
+        .extend(host::current_selectors_unknown(current));
     rec.warnings
         .extend(beside_current(&mut rec.policies, current));
     rec.excluded.sort_by(|a, b| a.flow.cmp(&b.flow));
@@ -285,59 +330,54 @@ pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> R
 }
 
 /// A proposed policy named like a current one would *replace* it when
-/// applied (same namespace and name: one object), dropping every rule the
-/// current one holds. Recommending again on top of an earlier proposal (or
-/// of the addition a rollback proposes) is the normal loop, so a clash
-/// gets the first free `-2`, `-3`… name: the proposal then stands beside
-/// the current policy, and Cilium allows the union of both.
+/// applied (same kind, namespace and name: one object), dropping every
+/// rule the current one holds. Recommending again on top of an earlier
+/// proposal (or of the addition a rollback proposes) is the normal loop, so
+/// a clash gets the first free `-2`, `-3`… name: the proposal then stands
+/// beside the current policy, and Cilium allows the union of both.
 fn beside_current(policies: &mut [emit::Proposed], current: &PolicySet) -> Vec<String> {
+    use crate::model::{CiliumPolicy, PolicyKind};
     use std::collections::BTreeSet;
-    let key = |ns: Option<&str>, name: &str| (ns.unwrap_or("").to_string(), name.to_string());
-    let mut taken: BTreeSet<(String, String)> = current
-        .policies
-        .iter()
-        .filter(|p| p.policy.kind == crate::model::PolicyKind::CiliumNetworkPolicy)
-        .map(|p| {
-            key(
-                p.policy.metadata.namespace.as_deref(),
-                &p.policy.metadata.name,
-            )
-        })
-        .collect();
-    taken.extend(policies.iter().map(|p| {
-        key(
-            p.policy.metadata.namespace.as_deref(),
-            &p.policy.metadata.name,
+    type Key = (PolicyKind, String, String);
+    let key = |p: &CiliumPolicy| -> Key {
+        (
+            p.kind,
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.name.clone(),
         )
-    }));
+    };
+    let existing: BTreeSet<Key> = current.policies.iter().map(|p| key(&p.policy)).collect();
+    let mut taken = existing.clone();
+    taken.extend(policies.iter().map(|p| key(&p.policy)));
     let mut warnings = Vec::new();
     for p in policies.iter_mut() {
-        let (ns, name) = key(
-            p.policy.metadata.namespace.as_deref(),
-            &p.policy.metadata.name,
-        );
-        let clashes = current.policies.iter().any(|c| {
-            c.policy.kind == crate::model::PolicyKind::CiliumNetworkPolicy
-                && c.policy.metadata.namespace.as_deref().unwrap_or("") == ns
-                && c.policy.metadata.name == name
-        });
-        if !clashes {
+        let (kind, ns, name) = key(&p.policy);
+        if !existing.contains(&(kind, ns.clone(), name.clone())) {
             continue;
         }
         let Some(free) = (2u32..)
             .map(|n| format!("{name}-{n}"))
-            .find(|candidate| !taken.contains(&(ns.clone(), candidate.clone())))
+            .find(|candidate| !taken.contains(&(kind, ns.clone(), candidate.clone())))
         else {
             continue;
         };
-        taken.insert((ns.clone(), free.clone()));
+        taken.insert((kind, ns.clone(), free.clone()));
+        let (old, new, file) = if kind == PolicyKind::CiliumNetworkPolicy {
+            (
+                format!("{ns}/{name}"),
+                format!("{ns}/{free}"),
+                format!("{ns}-{free}.yaml"),
+            )
+        } else {
+            (name.clone(), free.clone(), format!("{free}.yaml"))
+        };
         warnings.push(format!(
-            "{ns}/{name} is a current policy: the proposal for {} is named {ns}/{free} so that \
+            "{old} is a current policy: the proposal for {} is named {new} so that \
              applying it adds to {name} instead of replacing it",
             p.subject
         ));
-        p.policy.metadata.name = free.clone();
-        p.file_name = format!("{ns}-{free}.yaml");
+        p.policy.metadata.name = free;
+        p.file_name = file;
     }
     warnings
 }

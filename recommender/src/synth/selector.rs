@@ -226,6 +226,7 @@ mod tests {
     fn universe(ws: &[Workload]) -> Universe {
         Universe {
             workloads: ws.iter().map(|w| (w.identity, w.clone())).collect(),
+            ..Universe::default()
         }
     }
 

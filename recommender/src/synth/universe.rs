@@ -1,15 +1,16 @@
 //! The identities a recommendation is made for, taken from the flow table
-//! itself: every workload seen on either side of a flow. Selectors are
-//! chosen against this set, and replay compiles policies against it.
+//! itself: every workload seen on either side of a flow, and the nodes
+//! whose host (identity 1) was. Selectors are chosen against this set, and
+//! replay compiles policies against it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use cnpilot_learner::aggregate::{FlowSummary, FlowTable};
 use cnpilot_learner::identity::{is_cidr_identity, MIN_WORKLOAD_IDENTITY};
 use cnpilot_learner::{Labels, ReservedIdentity};
 
-use crate::compile::IdentityInput;
+use crate::compile::{IdentityInput, NodeInput};
 use crate::model::Cidr;
 
 /// One workload identity (all replicas of a Deployment share it).
@@ -32,7 +33,13 @@ impl Workload {
 #[derive(Debug, Clone, Default)]
 pub struct Universe {
     pub workloads: BTreeMap<u32, Workload>,
+    /// The nodes that recorded a flow of their own host (`reserved:host`
+    /// on either side).
+    pub host_nodes: BTreeSet<String>,
 }
+
+/// The entity name of a node's own host (identity 1) on a flow.
+pub const HOST: &str = "host";
 
 /// What one side of a flow is, for policy purposes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,10 +56,24 @@ fn is_workload_identity(id: u32, namespace: &str) -> bool {
     id >= MIN_WORKLOAD_IDENTITY && !is_cidr_identity(id) && !namespace.is_empty()
 }
 
+impl PeerRef {
+    /// Whether this end of a flow has policy of its own: a workload (its
+    /// CNP) or the node's host (a host policy, CCNP with `nodeSelector`).
+    /// Every other reserved identity and address is only ever a peer.
+    pub fn is_subject(&self) -> bool {
+        matches!(self, PeerRef::Workload(_)) || *self == PeerRef::Entity(HOST)
+    }
+}
+
 impl Universe {
     pub fn from_table(table: &FlowTable) -> Universe {
         let mut workloads = BTreeMap::new();
+        let mut host_nodes = BTreeSet::new();
+        let host = ReservedIdentity::Host.number();
         for row in &table.rows {
+            if row.src_identity == host || row.dst_identity == host {
+                host_nodes.extend(row.nodes.iter().cloned());
+            }
             for (id, ns, wl, labels) in [
                 (
                     row.src_identity,
@@ -77,7 +98,22 @@ impl Universe {
                 }
             }
         }
-        Universe { workloads }
+        Universe {
+            workloads,
+            host_nodes,
+        }
+    }
+
+    /// The node policies are compiled for, so that host policies
+    /// (`nodeSelector`) have a subject. The table carries node names but
+    /// no node labels: only a selector that needs no label (`{}`, or
+    /// `reserved:host`) selects it, and the recommendation warns about
+    /// current host policies whose selector needs one.
+    pub fn node_input(&self) -> NodeInput {
+        NodeInput {
+            name: self.host_nodes.first().cloned().unwrap_or_default(),
+            labels: BTreeMap::new(),
+        }
     }
 
     /// The compiler's view of the universe (no addresses: replay resolves

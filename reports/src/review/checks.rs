@@ -414,6 +414,20 @@ pub fn selected_workloads(
         }
     }
     out.sort();
+    // A host policy selects the host of the nodes that recorded host flows
+    // (their labels are not in the store: a selector needing one matches
+    // none), one entry so that it does not read as several workloads.
+    let node = LabelSet::for_node(&universe.node_input().labels);
+    let host = !universe.host_nodes.is_empty()
+        && p.policy.rules().any(|r| {
+            r.node_selector
+                .as_ref()
+                .is_some_and(|sel| Selector::new(sel).matches(&node))
+        });
+    if host {
+        let nodes: Vec<&str> = universe.host_nodes.iter().map(String::as_str).collect();
+        out.push(format!("host ({})", nodes.join(" ")));
+    }
     out
 }
 

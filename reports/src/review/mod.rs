@@ -134,7 +134,11 @@ pub fn build(input: &Input<'_>) -> Review {
     let universe = input.table.map(Universe::from_table);
     let hits = match (input.table, &universe) {
         (Some(t), Some(u)) => {
-            let alone = CompiledPolicy::compile(input.proposed, &u.identity_inputs(), None);
+            let alone = CompiledPolicy::compile(
+                input.proposed,
+                &u.identity_inputs(),
+                Some(&u.node_input()),
+            );
             Some(rules::hits(t, u, &alone))
         }
         _ => None,

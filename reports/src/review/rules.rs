@@ -6,7 +6,7 @@ use cnpilot_bpf::maps::Direction;
 use cnpilot_learner::aggregate::{format_time, FlowTable};
 use cnpilot_recommender::model::{CiliumPolicy, Entity, LabelSelector, LoadedPolicy, PeerRule};
 use cnpilot_recommender::synth::requests_of;
-use cnpilot_recommender::synth::universe::{peer_identity, PeerRef, Universe};
+use cnpilot_recommender::synth::universe::{peer_identity, Universe};
 use cnpilot_recommender::{CompiledPolicy, Outcome, RuleRef};
 
 use super::model::Observed;
@@ -200,7 +200,9 @@ pub fn hits(
         };
         let mut deciding = Vec::new();
         for http in reqs {
-            if matches!(src, PeerRef::Workload(_)) {
+            // The host is a subject too (host policies, compiled for the
+            // universe's node): its rules are hit by its flows.
+            if src.is_subject() {
                 deciding.push(compiled.check(
                     Direction::Egress,
                     s,
@@ -210,7 +212,7 @@ pub fn hits(
                     http,
                 ));
             }
-            if matches!(dst, PeerRef::Workload(_)) {
+            if dst.is_subject() {
                 deciding.push(compiled.check(
                     Direction::Ingress,
                     d,

@@ -260,3 +260,68 @@ fn html_is_one_self_contained_escaped_file() {
         r.policies.len()
     );
 }
+
+/// The seed flows plus the host's egress to a world address and a pod's
+/// connections to the host (a node-local agent on 8126).
+fn with_host_flows(mut table: FlowTable) -> FlowTable {
+    let host = cnpilot_learner::Labels::reserved("host");
+    let mut egress = table
+        .rows
+        .iter()
+        .find(|r| r.dst_peer.contains('/'))
+        .cloned()
+        .expect("a world row");
+    egress.src_identity = 1;
+    egress.src_namespace = String::new();
+    egress.src_workload = "host".into();
+    egress.src_labels = host.clone();
+    egress.dst_peer = "198.19.162.10/32".into();
+    let mut ingress = table
+        .rows
+        .iter()
+        .find(|r| r.src_namespace == "web" && r.l7_protocol.is_none())
+        .cloned()
+        .expect("a plain web row");
+    ingress.dst_identity = 1;
+    ingress.dst_namespace = String::new();
+    ingress.dst_workload = "host".into();
+    ingress.dst_labels = host;
+    ingress.dst_peer = "host".into();
+    ingress.dst_port = 8126;
+    table.rows.extend([egress, ingress]);
+    table
+}
+
+#[test]
+fn a_host_policy_is_hit_by_the_host_flows_of_the_store() {
+    let table = with_host_flows(seed_table());
+    let none = PolicySet::default();
+    let proposed = recommended(&table, &none);
+    let r = build(&input(&proposed, &none, Some(&table)));
+    assert!(
+        r.unexpected_denials.is_empty(),
+        "{:?}",
+        r.unexpected_denials
+    );
+    let p = policy(&r, "CiliumClusterwideNetworkPolicy cnpilot-host");
+    assert_eq!(p.subject.as_deref(), Some("host"));
+    let nodes: Vec<&str> = table.rows[table.rows.len() - 1]
+        .nodes
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        p.blast_radius_store,
+        Some(vec![format!("host ({})", nodes.join(" "))])
+    );
+    assert_eq!(p.rules.len(), 2, "{:?}", p.rules);
+    for rule in &p.rules {
+        assert!(rule.observed.is_some(), "{} not hit", rule.path);
+        assert!(
+            !rule.risks.iter().any(|x| x.kind == RiskKind::NeverHit),
+            "{}: {:?}",
+            rule.path,
+            rule.risks
+        );
+    }
+}
