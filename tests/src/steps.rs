@@ -22,6 +22,11 @@ pub fn seed_lab(test: &str) -> Option<(Lab, tempfile::TempDir)> {
 
 /// `cnpilot record` for `seconds` while the scenario's clients talk.
 pub fn record(lab: &Lab, store: &Path, current: Option<&Path>, seconds: u32) {
+    record_with(lab, store, current, seconds, &[]);
+}
+
+/// [`record`] with more agent arguments (`--host-firewall auto`, …).
+pub fn record_with(lab: &Lab, store: &Path, current: Option<&Path>, seconds: u32, extra: &[&str]) {
     let pin = format!("/sys/fs/bpf/cnpilot-{}", lab.prefix);
     let mut cmd = Command::new(cnpilot_bin());
     cmd.args(["record", "--duration", &format!("{seconds}s"), "--store"])
@@ -37,6 +42,7 @@ pub fn record(lab: &Lab, store: &Path, current: Option<&Path>, seconds: u32) {
     if let Some(dir) = current {
         cmd.arg("--policies").arg(dir);
     }
+    cmd.args(extra);
     let child = cmd
         .env("CNPILOT_LAB_PREFIX", &lab.prefix)
         .env("CNPILOT_LAB_DIR", lab.dir.path())

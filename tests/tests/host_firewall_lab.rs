@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cnpilot_e2e::steps::seed_lab;
+use cnpilot_e2e::steps::{recommend, record_with, seed_lab};
 use cnpilot_e2e::{workspace_root, SeedAgent};
 use serde_json::Value;
 
@@ -158,4 +158,37 @@ fn the_node_is_observed_then_enforced_by_its_ccnp_and_pods_are_unaffected() {
     // And back: audit lets it through again.
     assert!(mode("audit").contains("enforce -> audit"));
     assert!(connects(&node_ns, OTHER_WORLD, 443, quick));
+}
+
+/// Host flows are flow records with identity `host`: recorded with the
+/// host firewall on, the seed lab's hostNetwork agent's traffic to the
+/// intake becomes a proposed host policy (a CCNP with `nodeSelector`) that
+/// allows exactly it.
+#[test]
+fn recorded_host_flows_become_a_proposed_host_policy() {
+    let Some((lab, work)) = seed_lab("host_firewall_lab (recommend)") else {
+        return;
+    };
+    let store = work.path().join("store");
+    record_with(&lab, &store, None, 12, &["--host-firewall", "auto"]);
+    let out = work.path().join("proposed");
+    let report = recommend(&lab, &store, None, &out);
+    let host_policy = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .find(|text| text.contains("name: cnpilot-host"))
+        .unwrap_or_else(|| panic!("no cnpilot-host policy proposed; report: {report}"));
+    assert!(
+        host_policy.contains("kind: CiliumClusterwideNetworkPolicy"),
+        "{host_policy}"
+    );
+    assert!(host_policy.contains("nodeSelector: {}"), "{host_policy}");
+    assert!(
+        host_policy.contains(&format!("{INTAKE}/32")),
+        "the datadog agent's intake is in the host's egress:\n{host_policy}"
+    );
+    assert!(
+        !host_policy.contains(OTHER_WORLD),
+        "nothing the node did not do:\n{host_policy}"
+    );
 }
