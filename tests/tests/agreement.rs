@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cnpilot_bpf::maps::IPCACHE_F_LOCAL_ENDPOINT;
 use cnpilot_bpf::maps::{identity, reason, Direction, EndpointValue, IpcacheValue};
+use cnpilot_bpf::maps::{ENDPOINT_F_HOST, IPCACHE_F_LOCAL_ENDPOINT};
 use cnpilot_bpf::testing::privileged_tests_enabled;
 use cnpilot_bpf::{netns, Datapath, IpcacheEntry, Mode};
 use cnpilot_recommender::cases::{load_case_paths, run_case, Case, FlowProto, FlowSpec};
@@ -39,6 +39,9 @@ use packets::{raw_delivered, tcp_delivered, udp_delivered, Servers};
 
 const LAB_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 15);
 const WORKERS: usize = 4;
+/// The `ns_mode` key of the case lab's host (no namespace hashes to it in
+/// these cases; the agent uses its node's name).
+const HOST_MODE_KEY: u32 = 0xFFFF_FF00;
 
 /// Flows where the datapath is known to be wrong, with the fix it needs.
 /// They are still sent and printed; one that starts agreeing is reported so
@@ -181,7 +184,7 @@ fn resolve(
         }
         return match case.nodes.iter().position(|x| &x.name == n) {
             Some(0) => Ok(End::Host),
-            _ => Err("a remote node's own host firewall (not attached here)"),
+            _ => Err("a remote node's own host firewall (judged on that node, not this one)"),
         };
     }
     if entity.as_deref() == Some("host") {
@@ -233,7 +236,22 @@ fn run_in_lab(file: &str, case: &Case) -> Vec<(String, Outcome)> {
         };
         dp.tables_mut().upsert_endpoint(ifindex, ep).unwrap();
     }
+    // The host firewall on the node's link to the outside: host <-> world
+    // flows are judged there, as on a node's uplink.
+    if !outside.is_empty() {
+        let veth = lab.outside_veth();
+        dp.attach_host(Some(&node), &veth).unwrap();
+        let ep = EndpointValue {
+            identity: identity::HOST,
+            ns_id: HOST_MODE_KEY,
+            addr: u32::from(GATEWAY).to_be(),
+            flags: ENDPOINT_F_HOST,
+        };
+        let ifindex = netns::ifindex(&node, &veth).unwrap();
+        dp.tables_mut().upsert_endpoint(ifindex, ep).unwrap();
+    }
     let t = dp.tables_mut();
+    t.set_mode(HOST_MODE_KEY, Mode::Enforce).unwrap();
     t.replace_policy(plan.compiled.policy_entries()).unwrap();
     t.replace_subjects(plan.compiled.subject_entries()).unwrap();
     let pinned = |addr, identity| IpcacheEntry {
@@ -306,17 +324,25 @@ fn send_flow(
         Err(why) => return Outcome::Skipped(why),
     };
     let (client, server) = if flow.reply { (dst, src) } else { (src, dst) };
-    if !matches!(client, End::Pod(_)) && !matches!(server, End::Pod(_)) {
-        return Outcome::Skipped("no pod on the path (host firewall not attached here)");
+    let pod_on_path = matches!(client, End::Pod(_)) || matches!(server, End::Pod(_));
+    let host_and_outside = matches!(
+        (client, server),
+        (End::Host, End::Outside(_)) | (End::Outside(_), End::Host)
+    );
+    if !pod_on_path && !host_and_outside {
+        return Outcome::Skipped("neither a pod nor the host's link to the outside on the path");
     }
     if client == server {
         return Outcome::Skipped("a pod to itself never crosses its veth");
     }
     let host_selected = |dir| !plan.compiled.selected_by(identity::HOST, dir).is_empty();
-    if (client == End::Host && host_selected(Direction::Egress))
-        || (server == End::Host && host_selected(Direction::Ingress))
+    if pod_on_path
+        && ((client == End::Host && host_selected(Direction::Egress))
+            || (server == End::Host && host_selected(Direction::Ingress)))
     {
-        return Outcome::Skipped("host firewall side (nodeSelector policy) not attached here");
+        return Outcome::Skipped(
+            "host <-> local pod: the host's own policy is not applied on that path (README: host firewall)",
+        );
     }
     let port = flow.port.unwrap_or(0);
     let (from, to) = (addr_of(plan, client), addr_of(plan, server));

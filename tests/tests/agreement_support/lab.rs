@@ -139,6 +139,15 @@ impl CaseLab {
         })
     }
 
+    /// The node's link to the outside netns: where the host firewall sits.
+    pub fn outside_veth(&self) -> String {
+        let tag = self
+            .node
+            .trim_start_matches("cnpag-")
+            .trim_end_matches("-node");
+        format!("cag{tag}o")
+    }
+
     pub fn pod_veth(&self, i: usize) -> String {
         // The same name `new` gave it: `cag` + tag + `p` + index.
         let tag = self
