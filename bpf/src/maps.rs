@@ -41,11 +41,36 @@ pub mod action {
     pub const VISIBILITY: u8 = 4;
 }
 
+/// Verdicts: the datapath's codes, and the one spelling of every verdict
+/// name the project writes or reads (event lines, flow records, `observe`),
+/// the L7 proxy's included, so no layer can drift from another.
 pub mod verdict {
     pub const FORWARDED: u8 = 0;
     pub const WOULD_DROP: u8 = 1;
     pub const DROPPED: u8 = 2;
     pub const REDIRECTED: u8 = 3;
+
+    pub const FORWARDED_NAME: &str = "forwarded";
+    pub const WOULD_DROP_NAME: &str = "would-drop";
+    pub const DROPPED_NAME: &str = "dropped";
+    pub const REDIRECTED_NAME: &str = "redirected";
+    /// The proxy's: the request went on (an HTTP event's `forwarded`).
+    pub const L7_ALLOWED_NAME: &str = "allowed";
+    pub const L7_WOULD_DENY_NAME: &str = "l7-would-deny";
+    pub const L7_DENIED_NAME: &str = "l7-denied";
+    pub const L7_UNPARSEABLE_NAME: &str = "unparseable";
+
+    /// The name of a datapath verdict code (`unknown` for a code this
+    /// build does not know: a newer datapath).
+    pub const fn name(code: u8) -> &'static str {
+        match code {
+            FORWARDED => FORWARDED_NAME,
+            WOULD_DROP => WOULD_DROP_NAME,
+            DROPPED => DROPPED_NAME,
+            REDIRECTED => REDIRECTED_NAME,
+            _ => "unknown",
+        }
+    }
 }
 
 pub mod reason {

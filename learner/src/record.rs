@@ -42,8 +42,10 @@ pub enum L7Protocol {
     Dns,
 }
 
+use cnpilot_bpf::maps::verdict as verdict_names;
+
 macro_rules! text_enum {
-    ($ty:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($ty:ty { $($variant:ident => $text:expr),+ $(,)? }) => {
         impl $ty {
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $text),+ }
@@ -57,14 +59,16 @@ macro_rules! text_enum {
         impl FromStr for $ty {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok(Self::$variant),)+
-                    other => Err(format!(
-                        "unknown {} `{other}`, expected one of: {}",
+                // Not a `match`: the texts may be constants of another crate.
+                [$((Self::$variant, $text)),+]
+                    .into_iter()
+                    .find(|(_, text)| *text == s)
+                    .map(|(variant, _)| variant)
+                    .ok_or_else(|| format!(
+                        "unknown {} `{s}`, expected one of: {}",
                         stringify!($ty),
                         [$($text),+].join(", ")
-                    )),
-                }
+                    ))
             }
         }
     };
@@ -72,11 +76,11 @@ macro_rules! text_enum {
 
 text_enum!(Direction { Ingress => "ingress", Egress => "egress", Unknown => "unknown" });
 text_enum!(Verdict {
-    Forwarded => "forwarded",
-    WouldDrop => "would-drop",
-    Dropped => "dropped",
-    L7WouldDeny => "l7-would-deny",
-    L7Denied => "l7-denied",
+    Forwarded => verdict_names::FORWARDED_NAME,
+    WouldDrop => verdict_names::WOULD_DROP_NAME,
+    Dropped => verdict_names::DROPPED_NAME,
+    L7WouldDeny => verdict_names::L7_WOULD_DENY_NAME,
+    L7Denied => verdict_names::L7_DENIED_NAME,
 });
 text_enum!(L7Protocol { Http => "http", Dns => "dns" });
 

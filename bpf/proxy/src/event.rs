@@ -20,13 +20,15 @@ pub enum L7Verdict {
     Unparseable,
 }
 
+use cnpilot_bpf::maps::verdict;
+
 impl L7Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Allowed => "allowed",
-            Self::WouldDeny => "l7-would-deny",
-            Self::Denied => "l7-denied",
-            Self::Unparseable => "unparseable",
+            Self::Allowed => verdict::L7_ALLOWED_NAME,
+            Self::WouldDeny => verdict::L7_WOULD_DENY_NAME,
+            Self::Denied => verdict::L7_DENIED_NAME,
+            Self::Unparseable => verdict::L7_UNPARSEABLE_NAME,
         }
     }
 }

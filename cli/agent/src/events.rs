@@ -89,16 +89,6 @@ fn peer(inv: &Inventory, ip: Ipv4Addr, port: u16, identity: u32) -> Peer {
     }
 }
 
-pub fn verdict_name(v: u8) -> &'static str {
-    match v {
-        verdict::FORWARDED => "forwarded",
-        verdict::WOULD_DROP => "would-drop",
-        verdict::DROPPED => "dropped",
-        verdict::REDIRECTED => "redirected",
-        _ => "unknown",
-    }
-}
-
 pub fn reason_name(r: u8) -> &'static str {
     match r {
         reason::NONE => "",
@@ -126,7 +116,7 @@ pub fn line(ev: &FlowEvent, inv: &Inventory, cx: &LineContext) -> EventLine {
         kind: "l3-l4",
         time: rfc3339((ev.ts_ns as i64).saturating_add(cx.wall_offset_ns)),
         time_ns: ev.ts_ns,
-        verdict: verdict_name(ev.verdict),
+        verdict: verdict::name(ev.verdict),
         reason: reason_name(ev.reason),
         direction: if ev.direction == 0 {
             "ingress"

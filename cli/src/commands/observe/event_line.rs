@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use cnpilot_bpf::maps::verdict;
 use cnpilot_learner::{Direction, ReservedIdentity};
 use serde::Deserialize;
 
@@ -74,14 +75,14 @@ pub fn parse(text: &str) -> Result<Line, String> {
     };
     let verdict_text = raw.verdict.as_deref().ok_or("no verdict")?;
     let verdict = match (kind, verdict_text) {
-        (Kind::Http, "allowed") => Verdict::Forwarded,
-        (Kind::Http, "l7-would-deny") => Verdict::L7WouldDeny,
-        (Kind::Http, "l7-denied") => Verdict::L7Denied,
-        (Kind::Http, "unparseable") => Verdict::Unparseable,
-        (_, "forwarded") => Verdict::Forwarded,
-        (_, "would-drop") => Verdict::WouldDrop,
-        (_, "dropped") => Verdict::Dropped,
-        (_, "redirected") => Verdict::Redirected,
+        (Kind::Http, verdict::L7_ALLOWED_NAME) => Verdict::Forwarded,
+        (Kind::Http, verdict::L7_WOULD_DENY_NAME) => Verdict::L7WouldDeny,
+        (Kind::Http, verdict::L7_DENIED_NAME) => Verdict::L7Denied,
+        (Kind::Http, verdict::L7_UNPARSEABLE_NAME) => Verdict::Unparseable,
+        (_, verdict::FORWARDED_NAME) => Verdict::Forwarded,
+        (_, verdict::WOULD_DROP_NAME) => Verdict::WouldDrop,
+        (_, verdict::DROPPED_NAME) => Verdict::Dropped,
+        (_, verdict::REDIRECTED_NAME) => Verdict::Redirected,
         (_, other) => return Err(format!("unknown verdict `{other}`")),
     };
     let time_ns = match raw.time.as_deref() {

@@ -49,16 +49,18 @@ pub enum Verdict {
     Unparseable,
 }
 
+use cnpilot_bpf::maps::verdict;
+
 impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
-            Verdict::Forwarded => "forwarded",
-            Verdict::WouldDrop => "would-drop",
-            Verdict::Dropped => "dropped",
-            Verdict::Redirected => "redirected",
-            Verdict::L7WouldDeny => "l7-would-deny",
-            Verdict::L7Denied => "l7-denied",
-            Verdict::Unparseable => "unparseable",
+            Verdict::Forwarded => verdict::FORWARDED_NAME,
+            Verdict::WouldDrop => verdict::WOULD_DROP_NAME,
+            Verdict::Dropped => verdict::DROPPED_NAME,
+            Verdict::Redirected => verdict::REDIRECTED_NAME,
+            Verdict::L7WouldDeny => verdict::L7_WOULD_DENY_NAME,
+            Verdict::L7Denied => verdict::L7_DENIED_NAME,
+            Verdict::Unparseable => verdict::L7_UNPARSEABLE_NAME,
         }
     }
 }
