@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cnpilot_bpf::netns;
+use serde::Serialize;
 
 use super::topo::{Topo, ADDR_A, ADDR_B};
 
@@ -61,25 +63,46 @@ pub fn throughput(topo: &Topo, secs: u32) -> anyhow::Result<f64> {
         .context("iperf3 -J output has no end.sum_received.bits_per_second")
 }
 
+/// One run of the connect loop.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ConnSample {
+    pub conn_per_s: f64,
+    pub connections: u64,
+    pub failures: u64,
+    pub wall_s: f64,
+    /// CPU time of the client thread (the connect loop itself) in user
+    /// space and in the kernel: a loop that spent most of its wall time in
+    /// user space would be measuring itself, not the datapath.
+    pub client_user_s: f64,
+    pub client_sys_s: f64,
+}
+
 /// New TCP connections per second from A to B (connect, server closes, done).
-pub fn connection_rate(topo: &Topo, window: Duration) -> anyhow::Result<f64> {
-    let listener = netns::run_in(&topo.netns(&topo.pod_b), || {
+pub fn connection_rate(topo: &Topo, window: Duration) -> anyhow::Result<ConnSample> {
+    let listener = Arc::new(netns::run_in(&topo.netns(&topo.pod_b), || {
         TcpListener::bind((ADDR_B, CONN_PORT))
-    })??;
+    })??);
     let stop = Arc::new(AtomicBool::new(false));
-    listener.set_nonblocking(true)?;
     let server_stop = stop.clone();
+    let server_listener = listener.clone();
+    // A blocking accept: a non-blocking one polled in a loop keeps a whole
+    // core busy, and this machine has two (the client and softirq run on
+    // them). shutdown() on the listener below wakes it to stop.
     let server = std::thread::spawn(move || {
-        while !server_stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => drop(conn), // server closes first: TIME_WAIT stays on B
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+        for conn in server_listener.incoming() {
+            if server_stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match conn {
+                Ok(conn) => drop(conn), // server closes first: TIME_WAIT stays on B
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
         }
     });
     let to = SocketAddr::from((ADDR_B, CONN_PORT));
     let result = netns::run_in(&topo.netns(&topo.pod_a), || {
+        let cpu_before = thread_cpu();
         let start = Instant::now();
         let mut n = 0u64;
         let mut failures = 0u64;
@@ -93,15 +116,38 @@ pub fn connection_rate(topo: &Topo, window: Duration) -> anyhow::Result<f64> {
                 Err(_) => failures += 1,
             }
         }
-        (n, failures, start.elapsed())
+        let wall = start.elapsed();
+        let cpu_after = thread_cpu();
+        (n, failures, wall, cpu_before, cpu_after)
     });
     stop.store(true, Ordering::Relaxed);
+    // SAFETY: `listener` keeps the fd open until after the join; shutdown
+    // only makes the blocked accept return an error.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
     let _ = server.join();
-    let (n, failures, elapsed) = result?;
+    let (n, failures, wall, before, after) = result?;
     if n == 0 {
         bail!("no connection succeeded ({failures} failed)");
     }
-    Ok(n as f64 / elapsed.as_secs_f64())
+    Ok(ConnSample {
+        conn_per_s: n as f64 / wall.as_secs_f64(),
+        connections: n,
+        failures,
+        wall_s: wall.as_secs_f64(),
+        client_user_s: after.0 - before.0,
+        client_sys_s: after.1 - before.1,
+    })
+}
+
+/// (user, system) CPU seconds of the calling thread.
+fn thread_cpu() -> (f64, f64) {
+    // SAFETY: getrusage fills a zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return (0.0, 0.0);
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime))
 }
 
 /// Sends one UDP packet to each of `flows` distinct ports of B (paced so the
