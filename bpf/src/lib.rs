@@ -7,10 +7,13 @@ pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod netns;
+#[cfg(feature = "bench")]
 pub mod ringbench;
 pub mod tables;
 
+#[cfg(feature = "testbed")]
 pub mod testbed;
+#[cfg(feature = "testbed")]
 pub mod testing;
 
 pub use error::DatapathError;
