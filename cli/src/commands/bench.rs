@@ -49,6 +49,12 @@ pub enum BenchCommand {
         /// agent's reader waking up for every event.
         #[arg(long)]
         no_event_reader: bool,
+        /// Another build of bpf/c/cnpilot.bpf.c (an object of the same map
+        /// layouts, e.g. an earlier commit's: scripts/bench-compare-object.sh):
+        /// its programs run the audit and enforce rows too, in the same
+        /// rounds, and those rows are compared to them.
+        #[arg(long)]
+        compare_object: Option<std::path::PathBuf>,
         /// New UDP flows in the flood test, in audit (0: none).
         #[arg(long, default_value_t = 50_000)]
         flood_flows: u16,
@@ -100,6 +106,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
             samples,
             rows,
             no_event_reader,
+            compare_object,
             flood_flows,
             ring_buffer_mib,
             output,
@@ -112,6 +119,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
                 rows,
                 ring_bytes: ring_buffer_mib << 20,
                 read_events: !no_event_reader,
+                compare_object,
             },
             output,
         ),

@@ -15,7 +15,12 @@ use serde::Serialize;
 use super::topo::{Topo, ADDR_A, ADDR_B};
 
 pub const IPERF_PORT: u16 = 5201;
-pub const CONN_PORT: u16 = 5300;
+/// The connect loop's server ports: the client takes them in turn. Linux
+/// picks a connect's source port from a sequence per destination, so one
+/// server port gives ~32,000 distinct tuples before they repeat, fewer than
+/// a 2 s sample opens; a repeated tuple would find its earlier connection in
+/// conntrack and not be a new flow.
+pub const CONN_PORTS: std::ops::Range<u16> = 5300..5308;
 
 /// iperf3 TCP from A to B for `secs`, in Gbit/s (receiver side).
 pub fn throughput(topo: &Topo, secs: u32) -> anyhow::Result<f64> {
@@ -79,35 +84,44 @@ pub struct ConnSample {
 
 /// New TCP connections per second from A to B (connect, server closes, done).
 pub fn connection_rate(topo: &Topo, window: Duration) -> anyhow::Result<ConnSample> {
-    let listener = Arc::new(netns::run_in(&topo.netns(&topo.pod_b), || {
-        TcpListener::bind((ADDR_B, CONN_PORT))
-    })??);
+    let listeners = netns::run_in(&topo.netns(&topo.pod_b), || {
+        CONN_PORTS
+            .map(|port| TcpListener::bind((ADDR_B, port)).map(Arc::new))
+            .collect::<std::io::Result<Vec<_>>>()
+    })??;
     let stop = Arc::new(AtomicBool::new(false));
-    let server_stop = stop.clone();
-    let server_listener = listener.clone();
-    // A blocking accept: a non-blocking one polled in a loop keeps a whole
+    // Blocking accepts: a non-blocking one polled in a loop keeps a whole
     // core busy, and this machine has two (the client and softirq run on
-    // them). shutdown() on the listener below wakes it to stop.
-    let server = std::thread::spawn(move || {
-        for conn in server_listener.incoming() {
-            if server_stop.load(Ordering::Relaxed) {
-                break;
-            }
-            match conn {
-                Ok(conn) => drop(conn), // server closes first: TIME_WAIT stays on B
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-    });
-    let to = SocketAddr::from((ADDR_B, CONN_PORT));
+    // them). shutdown() on the listeners below wakes them to stop.
+    let servers: Vec<_> = listeners
+        .iter()
+        .map(|listener| {
+            let (listener, stop) = (listener.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match conn {
+                        Ok(conn) => drop(conn), // server closes first: TIME_WAIT stays on B
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    let targets: Vec<SocketAddr> = CONN_PORTS
+        .map(|port| SocketAddr::from((ADDR_B, port)))
+        .collect();
     let result = netns::run_in(&topo.netns(&topo.pod_a), || {
         let cpu_before = thread_cpu();
         let start = Instant::now();
         let mut n = 0u64;
         let mut failures = 0u64;
         while start.elapsed() < window {
-            match TcpStream::connect_timeout(&to, Duration::from_millis(500)) {
+            let to = &targets[(n + failures) as usize % targets.len()];
+            match TcpStream::connect_timeout(to, Duration::from_millis(500)) {
                 Ok(mut s) => {
                     let mut buf = [0u8; 1];
                     let _ = s.read(&mut buf);
@@ -121,10 +135,14 @@ pub fn connection_rate(topo: &Topo, window: Duration) -> anyhow::Result<ConnSamp
         (n, failures, wall, cpu_before, cpu_after)
     });
     stop.store(true, Ordering::Relaxed);
-    // SAFETY: `listener` keeps the fd open until after the join; shutdown
-    // only makes the blocked accept return an error.
-    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
-    let _ = server.join();
+    for listener in &listeners {
+        // SAFETY: `listeners` keeps the fds open until after the joins;
+        // shutdown only makes a blocked accept return an error.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+    for server in servers {
+        let _ = server.join();
+    }
     let (n, failures, wall, before, after) = result?;
     if n == 0 {
         bail!("no connection succeeded ({failures} failed)");

@@ -11,12 +11,28 @@ use super::scenarios::RowSpec;
 pub struct Sample {
     pub round: usize,
     pub gbit_per_s: Option<f64>,
+    /// The programs' runs during iperf3 (see `conn_bpf`): nearly all of a
+    /// long connection's packets, the established path.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gbit_bpf: Vec<ProgramRuns>,
     pub conn: Option<ConnSample>,
     /// cnpilot rows: ring-buffer events of the connect loop's flows that the
     /// consumer read, and the flows counted in `cnp_flows` for them (both
     /// veths: two per connection when every connection is a new flow).
     pub conn_events: Option<u64>,
     pub conn_flows_counted: Option<usize>,
+    /// The programs' runs during the connect loop and their mean cost, from
+    /// the kernel's counters (empty unless `kernel.bpf_stats_enabled=1`,
+    /// which itself adds two clock reads to every run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conn_bpf: Vec<ProgramRuns>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramRuns {
+    pub program: &'static str,
+    pub runs: u64,
+    pub ns_per_run: f64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -72,6 +88,10 @@ pub struct Flood {
     pub flows_counted: usize,
     pub events_delivered: u64,
     pub ring_buffer_bytes: u32,
+    /// The programs' runs during the flood (see [`Sample::conn_bpf`]): each
+    /// one a flow's first packet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bpf: Vec<ProgramRuns>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +101,8 @@ pub struct Report {
     pub conn_seconds: u32,
     pub rows: Vec<Row>,
     pub flood: Option<Flood>,
+    /// The same flood through `--compare-object`'s programs.
+    pub flood_compare_object: Option<Flood>,
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -220,15 +242,57 @@ pub fn print_table(r: &Report) {
                 row.scenario
             );
         }
+        let mut programs: Vec<&str> = row
+            .samples
+            .iter()
+            .flat_map(|s| s.conn_bpf.iter().map(|p| p.program))
+            .collect();
+        programs.sort_unstable();
+        programs.dedup();
+        for program in programs {
+            let runs = row
+                .samples
+                .iter()
+                .flat_map(|s| &s.conn_bpf)
+                .filter(|p| p.program == program);
+            let (n, conns): (u64, u64) = row
+                .samples
+                .iter()
+                .filter(|s| s.conn_bpf.iter().any(|p| p.program == program))
+                .fold((0, 0), |(n, c), s| {
+                    let runs = s.conn_bpf.iter().find(|p| p.program == program);
+                    (
+                        n + runs.map_or(0, |p| p.runs),
+                        c + s.conn.map_or(0, |c| c.connections),
+                    )
+                });
+            if let Some(ns) = Spread::of(runs.map(|p| p.ns_per_run)) {
+                println!(
+                    "  {program}: {} ns per run ({:.1} runs per connection)",
+                    spread(Some(ns), 0),
+                    n as f64 / conns.max(1) as f64
+                );
+            }
+        }
     }
-    if let Some(f) = &r.flood {
+    for (label, f) in [
+        ("flood", &r.flood),
+        ("flood, --compare-object", &r.flood_compare_object),
+    ] {
+        let Some(f) = f else { continue };
         println!(
-            "flood: {} new UDP flows sent, {} counted in cnp_flows, {} events read (ring buffer {} KiB, consumer running)",
+            "{label}: {} new UDP flows sent, {} counted in cnp_flows, {} events read at both veths (ring buffer {} KiB, reader running)",
             f.flows_sent,
             f.flows_counted,
             f.events_delivered,
             f.ring_buffer_bytes / 1024
         );
+        for p in &f.bpf {
+            println!(
+                "  {}: {:.0} ns per run over {} runs (first packets)",
+                p.program, p.ns_per_run, p.runs
+            );
+        }
     }
 }
 

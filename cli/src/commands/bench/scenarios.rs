@@ -9,7 +9,7 @@ use cnpilot_bpf::maps::*;
 use cnpilot_bpf::testbed::{ID_A, ID_B};
 use cnpilot_bpf::{IpcacheEntry, Mode};
 
-use super::measure::{CONN_PORT, IPERF_PORT};
+use super::measure::IPERF_PORT;
 use super::topo::{sh_in_with_input, Topo, ADDR_A, ADDR_B};
 
 /// One row's configuration.
@@ -20,6 +20,8 @@ pub enum Scenario {
         mode: Mode,
         policy_entries: usize,
         ipcache_prefixes: usize,
+        /// The programs of `--compare-object` instead of this build's.
+        other_object: bool,
     },
     Iptables {
         rules: usize,
@@ -44,12 +46,23 @@ const fn cnpilot(mode: Mode, policy_entries: usize, ipcache_prefixes: usize) -> 
         mode,
         policy_entries,
         ipcache_prefixes,
+        other_object: false,
+    }
+}
+
+const fn other_object(mode: Mode) -> Scenario {
+    Scenario::Cnpilot {
+        mode,
+        policy_entries: 10,
+        ipcache_prefixes: 10,
+        other_object: true,
     }
 }
 
 /// Every row, in the order each round measures them. The first is the
-/// baseline of every ratio.
-pub const ROWS: [RowSpec; 8] = [
+/// baseline of every ratio. The `-other` rows run only with
+/// `--compare-object`.
+pub const ROWS: [RowSpec; 10] = [
     RowSpec {
         id: "none",
         name: "no program",
@@ -57,9 +70,21 @@ pub const ROWS: [RowSpec; 8] = [
         compare_to: None,
     },
     RowSpec {
+        id: "audit-other",
+        name: "--compare-object audit (10 entries)",
+        scenario: other_object(Mode::Audit),
+        compare_to: None,
+    },
+    RowSpec {
         id: "audit",
         name: "cnpilot audit (10 entries)",
         scenario: cnpilot(Mode::Audit, 10, 10),
+        compare_to: None,
+    },
+    RowSpec {
+        id: "enforce-other",
+        name: "--compare-object enforce (10 entries)",
+        scenario: other_object(Mode::Enforce),
         compare_to: None,
     },
     RowSpec {
@@ -102,14 +127,25 @@ pub const ROWS: [RowSpec; 8] = [
 
 /// The rows named by `--rows` (ids, comma-separated; empty = all), plus the
 /// baseline and every row one of them is compared to, in [`ROWS`] order.
-pub fn select(ids: &[String]) -> anyhow::Result<Vec<RowSpec>> {
-    if ids.is_empty() {
-        return Ok(ROWS.to_vec());
-    }
+/// With `other_object` (`--compare-object`) the audit and enforce rows are
+/// compared to the same rows run by the other object's programs.
+pub fn select(ids: &[String], other_object: bool) -> anyhow::Result<Vec<RowSpec>> {
+    let is_other = |r: &RowSpec| {
+        matches!(
+            r.scenario,
+            Scenario::Cnpilot {
+                other_object: true,
+                ..
+            }
+        )
+    };
     let mut wanted: HashSet<&str> = HashSet::from([ROWS[0].id]);
+    if ids.is_empty() {
+        wanted.extend(ROWS.iter().filter(|r| !is_other(r)).map(|r| r.id));
+    }
     for id in ids {
-        let Some(row) = ROWS.iter().find(|r| r.id == id) else {
-            let known: Vec<&str> = ROWS.iter().map(|r| r.id).collect();
+        let Some(row) = ROWS.iter().find(|r| r.id == id && !is_other(r)) else {
+            let known: Vec<&str> = ROWS.iter().filter(|r| !is_other(r)).map(|r| r.id).collect();
             anyhow::bail!("unknown row `{id}` (rows: {})", known.join(", "));
         };
         wanted.insert(row.id);
@@ -117,11 +153,22 @@ pub fn select(ids: &[String]) -> anyhow::Result<Vec<RowSpec>> {
             wanted.insert(base);
         }
     }
-    Ok(ROWS
+    let mut rows: Vec<RowSpec> = Vec::new();
+    for row in ROWS
         .iter()
-        .filter(|r| wanted.contains(r.id))
-        .copied()
-        .collect())
+        .filter(|r| !is_other(r) && wanted.contains(r.id))
+    {
+        let mut row = *row;
+        let other = ROWS
+            .iter()
+            .find(|o| is_other(o) && o.id.strip_suffix("-other") == Some(row.id));
+        if let (true, Some(other)) = (other_object, other) {
+            rows.push(*other);
+            row.compare_to = Some(other.id);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// Both pods default-deny in both directions: every flow is evaluated at
@@ -148,8 +195,11 @@ pub fn subjects() -> impl Iterator<Item = (SubjectKey, SubjectValue)> {
     })
 }
 
-/// `n` entries: the ones the benchmark's flows need (A -> B on both ports,
-/// both directions, UDP for the flood) plus filler for other peers.
+/// `n` entries: the ones the benchmark's flows need (A -> B, TCP to any
+/// port: iperf3 and the connect loop's ports; UDP for the flood; both
+/// directions) plus filler for other peers. An any-port entry costs the
+/// same lookups as an exact one: every probe of the sequence is made anyway
+/// (a deny in a later one would win).
 pub fn policy_entries(n: usize) -> Vec<(PolicyKey, PolicyValue)> {
     let allow = |rule_id| PolicyValue {
         action: action::ALLOW,
@@ -165,11 +215,9 @@ pub fn policy_entries(n: usize) -> Vec<(PolicyKey, PolicyValue)> {
         direction: d as u8,
     };
     let mut v = vec![
-        (key(ID_A, ID_B, 6, IPERF_PORT, Direction::Egress), allow(1)),
-        (key(ID_A, ID_B, 6, CONN_PORT, Direction::Egress), allow(1)),
+        (key(ID_A, ID_B, 6, 0, Direction::Egress), allow(1)),
         (key(ID_A, ID_B, 17, 0, Direction::Egress), allow(1)),
-        (key(ID_B, ID_A, 6, IPERF_PORT, Direction::Ingress), allow(2)),
-        (key(ID_B, ID_A, 6, CONN_PORT, Direction::Ingress), allow(2)),
+        (key(ID_B, ID_A, 6, 0, Direction::Ingress), allow(2)),
         (key(ID_B, ID_A, 17, 0, Direction::Ingress), allow(2)),
     ];
     let mut i = 0u32;
@@ -330,12 +378,20 @@ mod tests {
 
     #[test]
     fn selecting_a_compared_row_brings_its_reference_and_the_baseline() {
-        let ids: Vec<&str> = select(&["enforce-10k-ipcache".to_string()])
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(ids, ["none", "enforce", "enforce-10k-ipcache"]);
-        assert!(select(&["nope".to_string()]).is_err());
+        let ids = |rows: &[&str], other| -> Vec<&'static str> {
+            let rows: Vec<String> = rows.iter().map(|s| s.to_string()).collect();
+            select(&rows, other).unwrap().iter().map(|r| r.id).collect()
+        };
+        assert_eq!(
+            ids(&["enforce-10k-ipcache"], false),
+            ["none", "enforce", "enforce-10k-ipcache"]
+        );
+        assert_eq!(
+            ids(&["enforce"], true),
+            ["none", "enforce-other", "enforce"]
+        );
+        assert_eq!(ids(&[], false).len(), 8);
+        assert!(select(&["nope".to_string()], false).is_err());
+        assert!(select(&["audit-other".to_string()], true).is_err());
     }
 }
