@@ -1,6 +1,6 @@
-//! Compiles the C eBPF objects (the datapath, and the producer of the
-//! ring-buffer benchmark) and a host program that prints the C layouts for
-//! the layout test, into OUT_DIR.
+//! Compiles the C eBPF objects (the datapath, and with the `bench` feature
+//! the producer of the ring-buffer benchmark) and a host program that prints
+//! the C layouts for the layout test, into OUT_DIR.
 
 use std::env;
 use std::path::PathBuf;
@@ -25,7 +25,12 @@ fn main() {
     };
     let multiarch = format!("/usr/include/{}-linux-gnu", arch.1);
 
-    for name in ["cnpilot", "ringbench"] {
+    // The benchmark's producer is not part of the shipped library.
+    let mut objects = vec!["cnpilot"];
+    if env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        objects.push("ringbench");
+    }
+    for name in objects {
         run(
             Command::new(&clang)
                 .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])

@@ -111,6 +111,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cnp_events SEC(".maps");
 
+/* When the reader of cnp_events was last woken (bpf_ktime_get_ns). Not
+ * pinned: it holds no state worth keeping across loads. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} cnp_ev_wakeup SEC(".maps");
+
 /* The L7 proxy's listening socket (index 0), for cnp_proxy_lookup. The
  * agent puts its listener here; the kernel drops the entry when the
  * socket closes (agent gone: lookups fall through as if unattached). */
@@ -359,6 +368,34 @@ static __always_inline void evaluate(__u32 subject, __u8 dir, __u32 peer, struct
 	}
 }
 
+/* Ring-buffer wakeups. Left to the kernel, every event submitted while the
+ * reader has caught up wakes it: an irq_work self-IPI here, then a
+ * reschedule of the reader, per new connection. On the connect-loop bench
+ * (a VM, where an IPI is an exit to the hypervisor) that cost more than
+ * everything else the programs do. So the reader is woken when
+ * CNP_WAKEUP_NS have passed since the last wakeup, or when
+ * CNP_WAKEUP_BYTES wait unread (a burst must not fill a small ring before
+ * the reader hears of it); an event that arrives sooner waits for one of
+ * them, or for the reader's own follow-up read (EventReader polls again
+ * CNP_WAKEUP_NS-ish after every read that found events). At a low rate
+ * every event still wakes the reader at once. */
+#define CNP_WAKEUP_NS (4ULL * 1000 * 1000)
+#define CNP_WAKEUP_BYTES (32 * 1024)
+
+static __always_inline __u64 wakeup_flags(__u64 now)
+{
+	__u32 key = 0;
+	__u64 *woken = bpf_map_lookup_elem(&cnp_ev_wakeup, &key);
+	if (!woken)
+		return 0; /* the kernel's own rule */
+	if (now - *woken >= CNP_WAKEUP_NS ||
+	    bpf_ringbuf_query(&cnp_events, BPF_RB_AVAIL_DATA) >= CNP_WAKEUP_BYTES) {
+		*woken = now; /* racing CPUs: at worst one wakeup too many */
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void emit(struct flow_key *fk, struct packet *p, __u32 src_id, __u32 dst_id,
 				 __u8 verdict, __u8 reason, __u32 rule_id, __u32 ns_id, __u64 now)
 {
@@ -380,20 +417,30 @@ static __always_inline void emit(struct flow_key *fk, struct packet *p, __u32 sr
 	e->rule_id = rule_id;
 	e->ns_id = ns_id;
 	e->pad = 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags(now));
 }
 
-static __always_inline void count(struct flow_key *fk, __u32 len, __u32 src_id, __u32 dst_id,
-				  struct ct_value *ct, __u64 now)
+/* Adds a packet to its flow's counters; 0 when the flow has none yet (its
+ * identities are needed to make them: count_new). */
+static __always_inline int count_existing(struct flow_key *fk, __u32 len, __u8 verdict, __u64 now)
 {
 	struct flow_counters *c = bpf_map_lookup_elem(&cnp_flows, fk);
-	if (c) {
-		__sync_fetch_and_add(&c->packets, 1);
-		__sync_fetch_and_add(&c->bytes, len);
-		c->last_seen_ns = now;
-		c->verdict = ct->verdict;
-		return;
-	}
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->packets, 1);
+	__sync_fetch_and_add(&c->bytes, len);
+	c->last_seen_ns = now;
+	c->verdict = verdict;
+	return 1;
+}
+
+/* Counters for a flow's first packet. The insert comes first: on a new
+ * flow there is nothing to find, and a lookup before it would walk the
+ * same bucket twice. An entry left by an earlier connection on the same
+ * tuple is added to, as before. */
+static __always_inline void count_new(struct flow_key *fk, __u32 len, __u32 src_id, __u32 dst_id,
+				      struct ct_value *ct, __u64 now)
+{
 	struct flow_counters n = {
 		.packets = 1,
 		.bytes = len,
@@ -405,7 +452,9 @@ static __always_inline void count(struct flow_key *fk, __u32 len, __u32 src_id, 
 		.reason = ct->reason,
 		.rule_id = ct->rule_id,
 	};
-	bpf_map_update_elem(&cnp_flows, fk, &n, BPF_NOEXIST);
+	if (bpf_map_update_elem(&cnp_flows, fk, &n, BPF_NOEXIST) == 0)
+		return;
+	count_existing(fk, len, ct->verdict, now);
 }
 
 /* The verdict a denied connection gets under a mode. */
@@ -431,6 +480,21 @@ static __always_inline int pass_redirect(struct __sk_buff *skb, struct packet *p
 		return TC_ACT_OK;
 	}
 	return mode == CNP_MODE_ENFORCE ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* The peer is the far end of this packet (the proxy's client when the
+ * packet carries its mark); src/dst name the connection's original
+ * direction `orig_dir`, which is what the counters are keyed by. Returns the
+ * far end's ipcache entry, NULL for the world. */
+static __always_inline struct ipcache_value *resolve(struct packet *p, __u8 dir, __u8 orig_dir,
+						     __u32 proxied_for, __u32 local_id, __u32 *peer,
+						     __u32 *src_id, __u32 *dst_id)
+{
+	struct ipcache_value *far = ipcache_lookup(dir == CNP_DIR_EGRESS ? p->daddr : p->saddr);
+	*peer = proxied_for ? proxied_for : (far ? far->identity : CNP_ID_WORLD);
+	*src_id = orig_dir == CNP_DIR_EGRESS ? local_id : *peer;
+	*dst_id = orig_dir == CNP_DIR_EGRESS ? *peer : local_id;
+	return far;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
@@ -488,12 +552,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* The proxy's upstream leg leaves the node's namespace with the node's
 	 * address; its mark says which client it speaks for. */
 	__u32 proxied_for = dir == CNP_DIR_INGRESS ? proxy_mark_identity(skb->mark) : 0;
-	/* The peer is the far end of this packet; src/dst name the connection's
-	 * original direction, which is what the counters are keyed by. */
-	struct ipcache_value *far = ipcache_lookup(dir == CNP_DIR_EGRESS ? p.daddr : p.saddr);
-	__u32 peer = proxied_for ? proxied_for : (far ? far->identity : CNP_ID_WORLD);
-	__u32 src_id = fk.direction == CNP_DIR_EGRESS ? ep->identity : peer;
-	__u32 dst_id = fk.direction == CNP_DIR_EGRESS ? peer : ep->identity;
+	__u32 peer, src_id, dst_id;
 
 	if (ct) {
 		__u8 v = ct->verdict;
@@ -502,13 +561,24 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (ct->verdict != v)
 				ct->verdict = v; /* the mode flipped since the first packet */
 		}
-		count(&fk, skb->len, src_id, dst_id, ct, now);
+		/* The identities only go into new counters (these were evicted
+		 * or flushed) and drop events: the ipcache, a trie walk, is not
+		 * looked up for the packets of a connection otherwise. */
+		int counted = count_existing(&fk, skb->len, ct->verdict, now);
+		if (counted && v != CNP_VERDICT_DROPPED)
+			return pass_redirect(skb, &p, dir, fk.direction == dir, ct->proxy_port, mode);
+		resolve(&p, dir, fk.direction, proxied_for, ep->identity, &peer, &src_id, &dst_id);
+		if (!counted)
+			count_new(&fk, skb->len, src_id, dst_id, ct, now);
 		if (v == CNP_VERDICT_DROPPED) {
 			emit(&fk, &p, src_id, dst_id, v, ct->reason, ct->rule_id, ns_id, now);
 			return TC_ACT_SHOT;
 		}
 		return pass_redirect(skb, &p, dir, fk.direction == dir, ct->proxy_port, mode);
 	}
+
+	struct ipcache_value *far =
+		resolve(&p, dir, fk.direction, proxied_for, ep->identity, &peer, &src_id, &dst_id);
 
 	struct decision d = {};
 	evaluate(ep->identity, dir, peer, &p, &d);
@@ -553,12 +623,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		n.reason = CNP_REASON_PROXY_BYPASSED;
 		/* Not kept in conntrack: once the proxy is up, the next
 		 * attempt of this connection goes through it. */
-		count(&fk, skb->len, src_id, dst_id, &n, now);
+		count_new(&fk, skb->len, src_id, dst_id, &n, now);
 		emit(&fk, &p, src_id, dst_id, n.verdict, n.reason, n.rule_id, ns_id, now);
 		return TC_ACT_SHOT;
 	}
 	bpf_map_update_elem(&cnp_conntrack, &fk, &n, BPF_ANY);
-	count(&fk, skb->len, src_id, dst_id, &n, now);
+	count_new(&fk, skb->len, src_id, dst_id, &n, now);
 	emit(&fk, &p, src_id, dst_id, n.verdict, n.reason, n.rule_id, ns_id, now);
 	if (!verdict_ok)
 		return TC_ACT_SHOT;

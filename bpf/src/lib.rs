@@ -7,11 +7,14 @@ pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod netns;
+#[cfg(feature = "bench")]
 pub mod ringbench;
 pub mod sys;
 pub mod tables;
 
+#[cfg(feature = "testbed")]
 pub mod testbed;
+#[cfg(feature = "testbed")]
 pub mod testing;
 
 pub use error::DatapathError;

@@ -2,6 +2,8 @@
 //! (tcx links, pinned so enforcement outlives the agent), and cleanup.
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "bench")]
+use std::time::Duration;
 
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
@@ -52,6 +54,27 @@ impl Datapath {
         pin_dir: &Path,
         ring_bytes: Option<u32>,
     ) -> Result<Datapath, DatapathError> {
+        Self::load(pin_dir, ring_bytes, |loader| loader.load(OBJECT))
+    }
+
+    /// [`Datapath::load_or_open_with`] from another build of
+    /// `c/cnpilot.bpf.c` (an object file of the same map layouts, e.g. from
+    /// an earlier commit): `cnpilot bench datapath --compare-object` runs
+    /// it beside this build's programs on the same pinned maps.
+    #[cfg(feature = "bench")]
+    pub fn load_object_file(
+        pin_dir: &Path,
+        ring_bytes: Option<u32>,
+        object: &Path,
+    ) -> Result<Datapath, DatapathError> {
+        Self::load(pin_dir, ring_bytes, |loader| loader.load_file(object))
+    }
+
+    fn load(
+        pin_dir: &Path,
+        ring_bytes: Option<u32>,
+        load: impl FnOnce(&mut EbpfLoader) -> Result<Ebpf, aya::EbpfError>,
+    ) -> Result<Datapath, DatapathError> {
         ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .map_err(DatapathError::io("creating", pin_dir))?;
@@ -60,7 +83,7 @@ impl Datapath {
         if let Some(bytes) = ring_bytes {
             loader.set_max_entries(names::EVENTS, bytes);
         }
-        let mut ebpf = loader.load(OBJECT)?;
+        let mut ebpf = load(&mut loader)?;
         for name in [PROG_FROM_POD, PROG_TO_POD] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -206,6 +229,24 @@ impl Datapath {
             detail: e.to_string(),
         })?;
         Ok(())
+    }
+
+    /// Per tc program, the kernel's run count and total run time (both 0
+    /// unless `kernel.bpf_stats_enabled` is 1): what a benchmark divides to
+    /// get the cost of one run.
+    #[cfg(feature = "bench")]
+    pub fn run_stats(&mut self) -> Result<Vec<(&'static str, u64, Duration)>, DatapathError> {
+        let mut out = Vec::new();
+        for name in [PROG_FROM_POD, PROG_TO_POD] {
+            let info = classifier(&mut self.ebpf, name)?.info().map_err(|source| {
+                DatapathError::Program {
+                    program: name,
+                    source,
+                }
+            })?;
+            out.push((name, info.run_count(), info.run_time()));
+        }
+        Ok(out)
     }
 
     /// Takes the ring buffer reader (once; needs a tokio runtime).

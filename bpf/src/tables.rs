@@ -235,15 +235,27 @@ impl Tables {
 
     /// Forgets every connection's verdict (next packets are evaluated anew).
     pub fn flush_conntrack(&mut self) -> Result<(), DatapathError> {
-        let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            match self.conntrack.remove(&k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(DatapathError::map(names::CONNTRACK)(e)),
-            }
-        }
-        Ok(())
+        flush(&mut self.conntrack, names::CONNTRACK)
     }
+
+    /// Forgets every flow's counters (a flow seen again starts from zero).
+    pub fn flush_counters(&mut self) -> Result<(), DatapathError> {
+        flush(&mut self.flows, names::FLOWS)
+    }
+}
+
+fn flush<V: aya::Pod>(
+    map: &mut HashMap<MapData, FlowKey, V>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let keys: Vec<FlowKey> = map.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        match map.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(DatapathError::map(name)(e)),
+        }
+    }
+    Ok(())
 }
 
 fn replace<K, V>(
