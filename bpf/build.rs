@@ -11,7 +11,13 @@ fn main() {
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let c_dir = manifest.join("c");
-    for f in ["cnpilot.bpf.c", "ringbench.bpf.c", "cnpilot.h", "layout.c"] {
+    for f in [
+        "cnpilot.bpf.c",
+        "ringbench.bpf.c",
+        "cnpilot.h",
+        "parse.h",
+        "layout.c",
+    ] {
         println!("cargo:rerun-if-changed={}", c_dir.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=CLANG");

@@ -242,35 +242,20 @@ pub fn print_table(r: &Report) {
                 row.scenario
             );
         }
-        let mut programs: Vec<&str> = row
-            .samples
-            .iter()
-            .flat_map(|s| s.conn_bpf.iter().map(|p| p.program))
-            .collect();
-        programs.sort_unstable();
-        programs.dedup();
-        for program in programs {
-            let runs = row
-                .samples
-                .iter()
-                .flat_map(|s| &s.conn_bpf)
-                .filter(|p| p.program == program);
-            let (n, conns): (u64, u64) = row
-                .samples
-                .iter()
-                .filter(|s| s.conn_bpf.iter().any(|p| p.program == program))
-                .fold((0, 0), |(n, c), s| {
-                    let runs = s.conn_bpf.iter().find(|p| p.program == program);
-                    (
-                        n + runs.map_or(0, |p| p.runs),
-                        c + s.conn.map_or(0, |c| c.connections),
-                    )
-                });
-            if let Some(ns) = Spread::of(runs.map(|p| p.ns_per_run)) {
+        for program in ["cnp_from_pod", "cnp_to_pod"] {
+            let (mut runs, mut conns, mut ns) = (0u64, 0u64, Vec::new());
+            for s in &row.samples {
+                if let Some(p) = s.conn_bpf.iter().find(|p| p.program == program) {
+                    runs += p.runs;
+                    conns += s.conn.map_or(0, |c| c.connections);
+                    ns.push(p.ns_per_run);
+                }
+            }
+            if let Some(ns) = Spread::of(ns) {
                 println!(
                     "  {program}: {} ns per run ({:.1} runs per connection)",
                     spread(Some(ns), 0),
-                    n as f64 / conns.max(1) as f64
+                    runs as f64 / conns.max(1) as f64
                 );
             }
         }
