@@ -55,7 +55,7 @@ enum Command {
     /// running one's pid (a lock next to its socket in /run/cnpilot; a
     /// killed agent's lock goes with it, so restarts are never blocked).
     Agent(commands::agent::AgentArgs),
-    /// Flip one namespace between off, audit and enforce (one map update).
+    /// Flip one namespace, or one node's host firewall, between off, audit and enforce (one map update).
     Mode(commands::agent::ModeArgs),
     /// Staged enforce of one namespace: soak in audit, flip, watch, roll
     /// back by itself on surprises.
