@@ -4,9 +4,7 @@
 //! Used by the bench and the root tests; addresses from 198.18.0.0/15.
 //! Test scaffolding: built with the `testbed` feature only.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::listener::ProxyError;
@@ -16,32 +14,9 @@ pub const TPROXY_MARK: u32 = 0x200;
 const TPROXY_TABLE: u32 = 200;
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), ProxyError> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| ProxyError::Setup(format!("{program}: {e}")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| ProxyError::Setup(format!("{program} stdin: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| ProxyError::Setup(format!("{program}: {e}")))?;
-    if !out.status.success() {
-        return Err(ProxyError::Setup(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    cnpilot_bpf::sys::run(program, args, stdin)
+        .map(drop)
+        .map_err(|e| ProxyError::Setup(e.to_string()))
 }
 
 /// Client namespaces `clients[i]` (198.18.{10+i}.2), a node namespace that

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::error::Context;
-use crate::inventory::{ns_id, Inventory, OWN_NETNS};
+use crate::inventory::{ns_id, proc_routes, Inventory, OWN_NETNS};
 
 /// Which node devices the host firewall attaches to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,25 +66,12 @@ pub fn host_mode_id(node: &str) -> u32 {
 /// Devices with a route that is not a single-address route, and devices
 /// with a /32 route to one of `other_nodes`, from `/proc/net/route` text.
 pub fn devices_from_routes(text: &str, other_nodes: &[Ipv4Addr]) -> BTreeSet<String> {
-    let mut devices = BTreeSet::new();
-    for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let (Some(iface), Some(dest), Some(mask)) = (cols.first(), cols.get(1), cols.get(7)) else {
-            continue;
-        };
-        let (Ok(dest), Ok(mask)) = (u32::from_str_radix(dest, 16), u32::from_str_radix(mask, 16))
-        else {
-            continue;
-        };
-        if *iface == "lo" {
-            continue;
-        }
-        let to_node = mask == u32::MAX && other_nodes.contains(&Ipv4Addr::from(dest.to_ne_bytes()));
-        if mask != u32::MAX || to_node {
-            devices.insert((*iface).to_string());
-        }
-    }
-    devices
+    proc_routes(text)
+        .filter(|(iface, dest, mask)| {
+            *iface != "lo" && (*mask != u32::MAX || other_nodes.contains(dest))
+        })
+        .map(|(iface, _, _)| iface.to_string())
+        .collect()
 }
 
 /// The node devices for `setting`, with their interface indexes in the

@@ -71,29 +71,27 @@ pub fn ns_id(namespace: &str) -> u32 {
     (h & 0x7fff_ffff).max(1)
 }
 
+/// Every IPv4 route of `/proc/net/route` text: (interface, destination,
+/// mask), the two numbers as the kernel prints them (network-order
+/// addresses as native u32s: their native bytes are the address bytes).
+pub fn proc_routes(text: &str) -> impl Iterator<Item = (&str, Ipv4Addr, u32)> {
+    text.lines().skip(1).filter_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+        let (iface, dest, mask) = (cols.first()?, cols.get(1)?, cols.get(7)?);
+        let dest = u32::from_str_radix(dest, 16).ok()?;
+        let mask = u32::from_str_radix(mask, 16).ok()?;
+        Some((*iface, Ipv4Addr::from(dest.to_ne_bytes()), mask))
+    })
+}
+
 /// `/32` routes of the node: destination → interface name. Read from the
 /// routing table of the namespace the calling thread is in.
 pub fn parse_proc_route(text: &str) -> BTreeMap<Ipv4Addr, String> {
-    let mut routes = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-        let (Some(iface), Some(dest), Some(mask)) = (cols.first(), cols.get(1), cols.get(7)) else {
-            continue;
-        };
-        let (Ok(dest), Ok(mask)) = (u32::from_str_radix(dest, 16), u32::from_str_radix(mask, 16))
-        else {
-            continue;
-        };
-        if mask != u32::MAX {
-            continue;
-        }
-        // The kernel prints the network-order address as a native u32: its
-        // native bytes are the address bytes.
-        let ip = Ipv4Addr::from(dest.to_ne_bytes());
-        routes.insert(ip, (*iface).to_string());
-    }
-    routes
+    proc_routes(text)
+        .filter(|(_, _, mask)| *mask == u32::MAX)
+        .map(|(iface, ip, _)| (ip, iface.to_string()))
+        .collect()
 }
 
 /// The node's /32 routes and the interface index of each routed interface,
