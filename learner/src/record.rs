@@ -110,6 +110,18 @@ pub struct L7 {
     pub host: Option<String>,
     /// HTTP status; DNS rcode.
     pub status: Option<u32>,
+    /// A DNS answer's addresses and TTL (`None` for HTTP and for a query
+    /// without an answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsAnswer>,
+}
+
+/// What a DNS answer said: the addresses it gave for the query name
+/// (CNAME chains followed) and the smallest TTL among them, in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAnswer {
+    pub ips: Vec<IpAddr>,
+    pub ttl: u32,
 }
 
 /// One observed flow: a connection (count 1), or counters of a connection

@@ -125,6 +125,7 @@ impl SynthFlows {
                     query: None,
                     host: None,
                     status: Some(200),
+                    dns: None,
                 });
             }
             50..=64 => {

@@ -206,6 +206,7 @@ pub fn seed_records() -> Vec<FlowRecord> {
                     query: None,
                     host: None,
                     status: Some(200),
+                    dns: None,
                 }),
                 packets: count * 10,
                 bytes: count * 1000,

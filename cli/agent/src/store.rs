@@ -163,6 +163,7 @@ impl StoreSink {
                 query: ev.query.clone(),
                 host: ev.host.clone(),
                 status: ev.status.map(u32::from),
+                dns: None,
             }),
             packets: 0,
             bytes: 0,

@@ -214,6 +214,7 @@ fn l7_of(l7: &Map<String, Value>) -> Result<Option<L7>, SkipReason> {
             status: number(http, "code")
                 .and_then(|c| u32::try_from(c).ok())
                 .filter(|&c| c > 0),
+            dns: None,
         }));
     }
     if let Some(dns) = obj(l7, "dns") {
@@ -233,6 +234,7 @@ fn l7_of(l7: &Map<String, Value>) -> Result<Option<L7>, SkipReason> {
             query: None,
             host: text(dns, "query").map(|q| q.trim_end_matches('.').to_string()),
             status: number(dns, "rcode").and_then(|c| u32::try_from(c).ok()),
+            dns: None,
         }));
     }
     if obj(l7, "kafka").is_some() {

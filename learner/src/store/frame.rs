@@ -169,6 +169,7 @@ pub fn frame_to_records(df: &DataFrame) -> PolarsResult<Vec<FlowRecord>> {
                 query: query[i].clone(),
                 host: host[i].clone(),
                 status: status.get(i),
+                dns: None,
             }),
             None => None,
         };

@@ -190,9 +190,9 @@ pub struct EgressRule {
     pub to_cidr_set: Option<Vec<CidrRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ports: Option<Vec<PortRule>>,
-    // Not modelled by the evaluator: kept, round-tripped, warned about.
     #[serde(default, rename = "toFQDNs", skip_serializing_if = "Option::is_none")]
-    pub to_fqdns: Option<Value>,
+    pub to_fqdns: Option<Vec<FqdnSelector>>,
+    // Not modelled by the evaluator: kept, round-tripped, warned about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_services: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +205,18 @@ pub struct EgressRule {
     pub icmps: Option<Vec<IcmpRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Value>,
+}
+
+/// One `toFQDNs` entry: the world addresses DNS answers gave for a name
+/// (`matchName`, exact) or for names a pattern matches (`matchPattern`,
+/// `*` for any run of label characters). Exactly one is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FqdnSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_pattern: Option<String>,
 }
 
 /// `fromCIDRSet` / `toCIDRSet` entry.

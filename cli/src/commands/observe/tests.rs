@@ -100,6 +100,7 @@ fn store_records() -> Vec<FlowRecord> {
             query: query.map(str::to_string),
             host: Some("payments-api.payments:8080".into()),
             status,
+            dns: None,
         });
         out.push(http);
     }
@@ -111,6 +112,7 @@ fn store_records() -> Vec<FlowRecord> {
         query: None,
         host: Some("payments-api.payments.svc.cluster.local".into()),
         status: Some(0),
+        dns: None,
     });
     out.push(query);
     out
