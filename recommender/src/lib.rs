@@ -45,7 +45,7 @@ pub mod select;
 pub mod synth;
 
 pub use compile::{
-    CompiledPolicy, Decision, HttpRequest, IdentityInput, NodeInput, Outcome, RuleRef, Side,
-    Verdict,
+    CompiledPolicy, Decision, FqdnInput, HttpRequest, IdentityInput, NodeInput, Outcome, RuleRef,
+    Side, Verdict,
 };
 pub use model::{load_paths, load_str, PolicySet};

@@ -165,24 +165,23 @@ spec:
 "#;
     let set = load_str(text, "fqdn.yaml").unwrap();
     let names: Vec<&str> = set.warnings.iter().map(|w| w.message.as_str()).collect();
-    for field in [
-        "toFQDNs",
-        "toServices",
-        "kafka",
-        "serverNames",
-        "authentication",
-    ] {
+    for field in ["toServices", "kafka", "serverNames", "authentication"] {
         assert!(
             names.iter().any(|m| m.contains(field)),
             "no warning for {field}: {names:?}"
         );
     }
-    let fqdn = set
+    // toFQDNs is modelled: the evaluator selects DNS answers' addresses.
+    assert!(
+        !names.iter().any(|m| m.contains("toFQDNs")),
+        "toFQDNs is modelled: {names:?}"
+    );
+    let services = set
         .warnings
         .iter()
-        .find(|w| w.message.contains("toFQDNs"))
+        .find(|w| w.message.contains("toServices"))
         .unwrap();
-    assert_eq!(fqdn.line, 8);
+    assert_eq!(services.line, 13);
     let policy = &set.policies[0].policy;
     let instance: serde_json::Value =
         serde_yaml::from_str(&serde_yaml::to_string(policy).unwrap()).unwrap();

@@ -1,15 +1,17 @@
 //! Expanding each rule into (subject, peer, proto, port) entries.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use cnpilot_bpf::maps::{action, identity, Direction, PolicyKey, PolicyValue, SubjectKey};
 
+use super::fqdn::fqdn_matches;
 use super::lookup::PrefixTable;
-use super::{CompiledPolicy, IdentityInput, NodeInput, RuleRef, CIDR_IDENTITY_BASE};
+use super::ports::{ports_of, IPPROTO_UDP, L7};
+use super::{CompiledPolicy, FqdnInput, IdentityInput, NodeInput, RuleRef, CIDR_IDENTITY_BASE};
 use crate::model::{
-    Cidr, CidrRule, Entity, HttpRule, IcmpFamily, IcmpRule, LoadedPolicy, PeerRule, PolicySet,
-    PortSpec, Rule,
+    Cidr, CidrRule, Entity, FqdnSelector, LoadedPolicy, PeerRule, PolicySet, PortSpec, Rule,
 };
 use crate::select::{LabelSet, Selector};
 
@@ -19,6 +21,8 @@ struct Universe {
     ids: Vec<(u32, LabelSet, BTreeMap<String, u16>)>,
     pods: BTreeSet<u32>,
     cidrs: Vec<(Cidr, u32)>,
+    /// World /32s from DNS answers: (address, identity, names).
+    fqdns: Vec<(Ipv4Addr, u32, Vec<String>)>,
 }
 
 const RESERVED: &[(u32, &str)] = &[
@@ -37,20 +41,15 @@ enum Peers {
     Ids(BTreeSet<u32>),
 }
 
-enum L7<'a> {
-    None,
-    Http(&'a [HttpRule]),
-    /// DNS / Kafka / generic L7: allowed at L4, named as unmodelled.
-    Unenforced,
-}
-
 pub(super) fn compile(
     set: &PolicySet,
     identities: &[IdentityInput],
     local_node: Option<&NodeInput>,
+    fqdn_inputs: &[FqdnInput],
 ) -> CompiledPolicy {
     let mut out = CompiledPolicy::default();
     let cidrs = collect_cidrs(set);
+    let fqdns = fqdn_addrs(identities, fqdn_inputs, &mut out.warnings);
     let universe = Universe {
         ids: identities
             .iter()
@@ -69,11 +68,16 @@ pub(super) fn compile(
             .chain(
                 cidrs
                     .iter()
-                    .map(|(_, id)| (*id, LabelSet::reserved("world"), BTreeMap::new())),
+                    .map(|(_, id)| *id)
+                    .chain(fqdns.iter().map(|(_, id, _)| *id))
+                    .collect::<BTreeSet<u32>>()
+                    .into_iter()
+                    .map(|id| (id, LabelSet::reserved("world"), BTreeMap::new())),
             )
             .collect(),
         pods: identities.iter().map(|i| i.id).collect(),
         cidrs: cidrs.clone(),
+        fqdns,
     };
     out.endpoint_ids = universe.pods.clone();
     out.cidr_ids = cidrs;
@@ -81,7 +85,16 @@ pub(super) fn compile(
         .iter()
         .flat_map(|i| i.addrs.iter().map(move |a| (*a, i.id)))
         .collect();
-    out.ipcache = PrefixTable::new(&out.cidr_ids, &out.endpoint_addrs);
+    out.fqdn_addrs = universe.fqdns.iter().map(|(a, id, _)| (*a, *id)).collect();
+    out.fqdn_selectors = collect_fqdn_selectors(set);
+    out.ipcache = PrefixTable::new(
+        &out.cidr_ids,
+        &out.endpoint_addrs
+            .iter()
+            .chain(&out.fqdn_addrs)
+            .copied()
+            .collect::<Vec<_>>(),
+    );
 
     // The agent's allow-localhost: the local host may always reach its pods.
     let localhost = push_rule(
@@ -264,6 +277,7 @@ fn compile_rule(
                 out,
                 rule_ref(loaded, format!("{path}.{name}[{i}]"), unmodelled),
             );
+            warn_dns_not_udp(out, id, &ports);
             for (l4, l7) in &ports {
                 for s in subjects {
                     for (peer, proto, port) in expand_peers_ports(&peers, l4, *s, dir, u, out) {
@@ -282,10 +296,40 @@ fn compile_rule(
     }
 }
 
+/// `rules.dns` on a protocol the DNS proxy does not answer (TCP, or SCTP
+/// under `ANY`): said once per rule, as the rule's ALLOW entries pass every
+/// name there.
+fn warn_dns_not_udp(out: &mut CompiledPolicy, rule_id: u32, ports: &[(Vec<(u8, PortSpec)>, L7)]) {
+    let mut protos: Vec<&str> = ports
+        .iter()
+        .filter(|(_, l7)| matches!(l7, L7::Dns(_)))
+        .flat_map(|(l4, _)| l4.iter().map(|(p, _)| *p))
+        .filter_map(|p| match p {
+            6 => Some("TCP"),
+            132 => Some("SCTP"),
+            _ => None,
+        })
+        .collect();
+    protos.sort_unstable();
+    protos.dedup();
+    let Some(rule) = out.rules.get(rule_id as usize).map(ToString::to_string) else {
+        return;
+    };
+    for proto in protos {
+        out.warnings.push(format!(
+            "{rule}: rules.dns over {proto}: allowed at L4, query names not checked"
+        ));
+    }
+}
+
 fn insert(out: &mut CompiledPolicy, key: PolicyKey, deny: bool, l7: &L7, rule_id: u32) {
+    // The DNS proxy answers UDP only: DNS over anything else is allowed at
+    // L4 (`warn_dns_not_udp` says so).
+    let dns = matches!(l7, L7::Dns(_)) && key.proto == IPPROTO_UDP;
     let act = match (deny, l7) {
         (true, _) => action::DENY,
         (false, L7::Http(_)) => action::REDIRECT,
+        (false, L7::Dns(_)) if dns => action::REDIRECT,
         (false, _) => action::ALLOW,
     };
     let rank = |a: u8| match a {
@@ -296,10 +340,10 @@ fn insert(out: &mut CompiledPolicy, key: PolicyKey, deny: bool, l7: &L7, rule_id
     let value = PolicyValue {
         action: act,
         pad: 0,
-        proxy_port: if act == action::REDIRECT {
-            out.proxy_port
-        } else {
-            0
+        proxy_port: match act {
+            action::REDIRECT if dns => out.dns_proxy_port,
+            action::REDIRECT => out.proxy_port,
+            _ => 0,
         },
         rule_id,
     };
@@ -311,9 +355,16 @@ fn insert(out: &mut CompiledPolicy, key: PolicyKey, deny: bool, l7: &L7, rule_id
             }
         })
         .or_insert(value);
-    if let L7::Http(rules) = l7 {
-        let list = out.l7.entry(key).or_default();
-        list.extend(rules.iter().map(|r| (rule_id, Arc::new(r.clone()))));
+    match l7 {
+        L7::Http(rules) if !deny => {
+            let list = out.l7.entry(key).or_default();
+            list.extend(rules.iter().map(|r| (rule_id, Arc::new(r.clone()))));
+        }
+        L7::Dns(rules) if dns && !deny => {
+            let list = out.dns.entry(key).or_default();
+            list.extend(rules.iter().map(|r| (rule_id, Arc::new(r.clone()))));
+        }
+        _ => {}
     }
 }
 
@@ -371,6 +422,7 @@ fn peers_of(pr: &PeerRule, u: &Universe, ns: Option<&str>) -> Peers {
         || nonempty(pr.entities.map(<[_]>::len))
         || nonempty(pr.cidrs.map(<[_]>::len))
         || nonempty(pr.cidr_sets.map(<[_]>::len))
+        || pr.fqdns.is_some()
         || pr
             .unmodelled_peers
             .iter()
@@ -400,6 +452,7 @@ fn peers_of(pr: &PeerRule, u: &Universe, ns: Option<&str>) -> Peers {
             Entity::World => {
                 ids.insert(identity::WORLD);
                 ids.extend(u.cidrs.iter().map(|(_, i)| *i));
+                ids.extend(u.fqdns.iter().map(|(_, i, _)| *i));
             }
             Entity::Cluster => {
                 ids.extend(&u.pods);
@@ -446,113 +499,68 @@ fn peers_of(pr: &PeerRule, u: &Universe, ns: Option<&str>) -> Peers {
                 ids.insert(*id);
             }
         }
+        // A DNS answer's /32 is the longest prefix for its address, so a
+        // CIDR rule covering the address must select it too.
+        for (addr, id, _) in &u.fqdns {
+            if cidr.contains_v4(*addr) && !except.iter().any(|e| e.contains_v4(*addr)) {
+                ids.insert(*id);
+            }
+        }
+    }
+    for sel in pr.fqdns.unwrap_or_default() {
+        let (name, pattern) = (sel.match_name.as_deref(), sel.match_pattern.as_deref());
+        ids.extend(
+            u.fqdns
+                .iter()
+                .filter(|(_, _, names)| names.iter().any(|n| fqdn_matches(name, pattern, n)))
+                .map(|(_, id, _)| *id),
+        );
     }
     Peers::Ids(ids)
 }
 
-fn ports_of<'a>(
-    pr: &PeerRule<'a>,
-    unmodelled: &mut Vec<&'static str>,
-) -> Vec<(Vec<(u8, PortSpec)>, L7<'a>)> {
-    let Some(port_rules) = pr.to_ports.filter(|p| !p.is_empty()) else {
-        if let Some(icmps) = pr.icmps.filter(|i| !i.is_empty()) {
-            return vec![(icmp_l4(icmps, unmodelled), L7::None)];
+/// The DNS answers that become /32s of their own. A pod's address keeps
+/// its endpoint identity: Cilium's FQDN name manager upserts answer
+/// prefixes into the ipcache with `source.Generated`
+/// (pkg/fqdn/namemanager/manager.go, `upsertMetadata`), the weakest source,
+/// which may not overwrite an endpoint's (pkg/source/source.go,
+/// `AllowOverwrite`). An address given twice keeps its first identity.
+fn fqdn_addrs(
+    identities: &[IdentityInput],
+    inputs: &[FqdnInput],
+    warnings: &mut Vec<String>,
+) -> Vec<(Ipv4Addr, u32, Vec<String>)> {
+    let pods: BTreeSet<Ipv4Addr> = identities
+        .iter()
+        .flat_map(|i| i.addrs.iter().copied())
+        .collect();
+    let mut out: Vec<(Ipv4Addr, u32, Vec<String>)> = Vec::new();
+    for f in inputs {
+        if pods.contains(&f.addr) {
+            continue;
         }
-        return vec![(vec![(0, PortSpec::Number(0))], L7::None)];
-    };
-    let mut out = Vec::new();
-    for rule in port_rules {
-        let l7 = match &rule.rules {
-            Some(r) if r.http.is_some() => L7::Http(r.http.as_deref().unwrap_or_default()),
-            Some(r) => {
-                unmodelled.push(if r.dns.is_some() {
-                    "rules.dns"
-                } else if r.kafka.is_some() {
-                    "rules.kafka"
-                } else {
-                    "rules.l7proto"
-                });
-                L7::Unenforced
-            }
-            None => L7::None,
-        };
-        for (field, present) in [
-            ("serverNames", rule.server_names.is_some()),
-            ("terminatingTLS", rule.terminating_tls.is_some()),
-            ("originatingTLS", rule.originating_tls.is_some()),
-            ("listener", rule.listener.is_some()),
-        ] {
-            if present {
-                unmodelled.push(field);
-            }
+        match out.iter_mut().find(|(a, _, _)| *a == f.addr) {
+            Some((_, id, names)) if *id == f.id => names.extend(f.names.iter().cloned()),
+            Some((_, id, _)) => warnings.push(format!(
+                "DNS answer address {} given identities {} and {}: keeping {}",
+                f.addr, id, f.id, id
+            )),
+            None => out.push((f.addr, f.id, f.names.clone())),
         }
-        let mut l4: Vec<(u8, PortSpec)> = Vec::new();
-        if rule.ports.is_empty() {
-            l4.extend(
-                crate::model::Protocol::Any
-                    .ip_protos()
-                    .iter()
-                    .map(|p| (*p, PortSpec::Number(0))),
-            );
-        }
-        for pp in &rule.ports {
-            if pp.protocol.is_portless() {
-                // The datapath keys a packet of any protocol but TCP, UDP,
-                // SCTP and ICMP with port 0 (bpf/c/cnpilot.bpf.c, parse():
-                // policy_port stays 0), as Cilium keys VRRP and IGMP
-                // ("0/vrrp"). Port 0 is the only port they can match; the
-                // loader rejects any other number and warns about a name.
-                if pp.range() == Some((0, 0)) {
-                    l4.extend(
-                        pp.protocol
-                            .ip_protos()
-                            .iter()
-                            .map(|p| (*p, PortSpec::Number(0))),
-                    );
-                }
-                continue;
-            }
-            for proto in pp.protocol.ip_protos() {
-                match pp.range() {
-                    Some((lo, hi)) => l4.extend((lo..=hi).map(|p| (*proto, PortSpec::Number(p)))),
-                    None => l4.push((*proto, pp.port.clone())),
-                }
-            }
-        }
-        out.push((l4, l7));
     }
     out
 }
 
-/// `icmps` as Cilium reads them: each field an L4 filter on ICMP whose
-/// port is the type (what the datapath keys ICMP on too). ICMPv6 fields
-/// allow nothing here: IPv6 is not evaluated. A type name that does not
-/// belong to its family was reported by the loader and allows nothing.
-fn icmp_l4(icmps: &[IcmpRule], unmodelled: &mut Vec<&'static str>) -> Vec<(u8, PortSpec)> {
-    const IPPROTO_ICMP: u8 = 1;
-    let mut l4 = Vec::new();
-    for field in icmps.iter().flat_map(|r| &r.fields) {
-        match (field.family(), field.type_number()) {
-            (IcmpFamily::IPv4, Ok(0)) => {
-                // Type 0 would be port 0, the L4 wildcard: every ICMP type.
-                // Say so rather than widen a rule silently.
-                if !unmodelled.contains(&"icmps type 0 (EchoReply: read as every ICMP type)") {
-                    unmodelled.push("icmps type 0 (EchoReply: read as every ICMP type)");
-                }
-                l4.push((IPPROTO_ICMP, PortSpec::Number(0)));
-            }
-            (IcmpFamily::IPv4, Ok(t)) => l4.push((IPPROTO_ICMP, PortSpec::Number(u16::from(t)))),
-            (IcmpFamily::IPv6, _) => {
-                if !unmodelled.contains(&"icmps family IPv6") {
-                    unmodelled.push("icmps family IPv6");
-                }
-            }
-            (IcmpFamily::IPv4, Err(_)) => {}
-        }
-    }
-    l4.sort_by_key(|(proto, port)| (*proto, port.to_string()));
-    l4.dedup();
-    l4
+/// Every `toFQDNs` selector of the set, whatever it selects on this node.
+fn collect_fqdn_selectors(set: &PolicySet) -> Vec<FqdnSelector> {
+    let selectors: BTreeSet<&FqdnSelector> = set
+        .policies
+        .iter()
+        .flat_map(|p| p.policy.rules())
+        .flat_map(|r| r.egress.iter().flatten())
+        .flat_map(|e| e.to_fqdns.iter().flatten())
+        .collect();
+    selectors.into_iter().cloned().collect()
 }
 
 fn collect_cidrs(set: &PolicySet) -> Vec<(Cidr, u32)> {

@@ -109,7 +109,7 @@ const NOT_ENFORCED: Side = Side {
 };
 
 /// The keys a redirected side matched, for its L7 rules.
-type Redirects = [Option<PolicyKey>; 6];
+pub(super) type Redirects = [Option<PolicyKey>; 6];
 
 impl CompiledPolicy {
     /// Whether `id` is enforced on this node (a local pod, or the host).
@@ -134,7 +134,7 @@ impl CompiledPolicy {
         }
     }
 
-    fn check_l4(
+    pub(super) fn check_l4(
         &self,
         direction: Direction,
         subject: u32,
@@ -224,6 +224,17 @@ impl CompiledPolicy {
 
     fn check_l7(&self, redirects: &Redirects, req: &HttpRequest) -> Side {
         let mut first = None;
+        // A side redirected only to the DNS proxy has no HTTP to judge.
+        if redirects.iter().flatten().all(|k| self.dns.contains_key(k)) {
+            return Side {
+                outcome: Outcome::L7Allowed,
+                rule: redirects
+                    .iter()
+                    .flatten()
+                    .find_map(|k| self.entries.get(k))
+                    .map(|v| v.rule_id),
+            };
+        }
         for key in redirects.iter().flatten() {
             for (rule_id, rule) in self.l7.get(key).into_iter().flatten() {
                 first = first.or(Some(*rule_id));

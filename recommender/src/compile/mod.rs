@@ -2,9 +2,12 @@
 //! datapath looks up (the layout of `cnpilot_bpf::maps`), compiled once and
 //! shared by the evaluator.
 
+mod dns;
 mod expand;
+mod fqdn;
 mod hash;
 mod lookup;
+mod ports;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,7 +19,8 @@ use cnpilot_bpf::maps::{
 };
 use serde::Serialize;
 
-use crate::model::{Cidr, HttpRule};
+use crate::model::{Cidr, DnsRule, FqdnSelector, HttpRule};
+pub use fqdn::{fqdn_matches, FqdnInput, FQDN_IDENTITY_BASE, MAX_FQDN_LENGTH};
 use hash::FastMap;
 pub use lookup::{
     combine, http_matches, Decision, HttpRequest, Outcome, PrefixTable, Side, Verdict,
@@ -89,12 +93,20 @@ pub struct CompiledPolicy {
     pub(crate) entries: FastMap<PolicyKey, PolicyValue>,
     pub(crate) subjects: FastMap<SubjectKey, SubjectInfo>,
     pub(crate) l7: FastMap<PolicyKey, Vec<(u32, Arc<HttpRule>)>>,
+    /// `rules.dns` of the keys redirected to the DNS proxy: a key is in
+    /// here exactly when its REDIRECT carries the DNS proxy's port.
+    pub(crate) dns: FastMap<PolicyKey, Vec<(u32, Arc<DnsRule>)>>,
+    /// Every `toFQDNs` selector of the set, for [`CompiledPolicy::fqdn_selects`].
+    pub(crate) fqdn_selectors: Vec<FqdnSelector>,
     pub(crate) rules: Vec<RuleRef>,
     pub(crate) endpoint_ids: BTreeSet<u32>,
     pub(crate) cidr_ids: Vec<(Cidr, u32)>,
     pub(crate) endpoint_addrs: Vec<(Ipv4Addr, u32)>,
+    /// World addresses named by DNS answers, as /32s (no pod address).
+    pub(crate) fqdn_addrs: Vec<(Ipv4Addr, u32)>,
     pub(crate) ipcache: lookup::PrefixTable,
     pub(crate) proxy_port: u16,
+    pub(crate) dns_proxy_port: u16,
     pub(crate) warnings: Vec<String>,
 }
 
@@ -115,14 +127,48 @@ impl CompiledPolicy {
         identities: &[IdentityInput],
         local_node: Option<&NodeInput>,
     ) -> CompiledPolicy {
-        expand::compile(set, identities, local_node)
+        expand::compile(set, identities, local_node, &[])
     }
 
-    /// The port the L7 proxy listens on, written into REDIRECT entries.
+    /// [`CompiledPolicy::compile`] with the world addresses DNS answers gave:
+    /// each becomes a /32 of its own identity, selected by `toFQDNs` when
+    /// one of its names matches, and by `toEntities: [world]`, `toCIDR` and
+    /// `toCIDRSet` like any world address. An address that is also a pod's
+    /// is left out (see `expand::fqdn_addrs`).
+    pub fn compile_with_fqdns(
+        set: &crate::model::PolicySet,
+        identities: &[IdentityInput],
+        local_node: Option<&NodeInput>,
+        fqdns: &[FqdnInput],
+    ) -> CompiledPolicy {
+        expand::compile(set, identities, local_node, fqdns)
+    }
+
+    /// Whether some `toFQDNs` selector of the set matches `name`: the agent
+    /// allocates FQDN identities only for such names' addresses.
+    pub fn fqdn_selects(&self, name: &str) -> bool {
+        self.fqdn_selectors
+            .iter()
+            .any(|s| fqdn_matches(s.match_name.as_deref(), s.match_pattern.as_deref(), name))
+    }
+
+    /// The port the HTTP proxy listens on, written into the REDIRECT entries
+    /// of `rules.http` (those of `rules.dns` keep the DNS proxy's port).
     pub fn set_proxy_port(&mut self, port: u16) {
         self.proxy_port = port;
-        for v in self.entries.values_mut() {
-            if v.action == cnpilot_bpf::maps::action::REDIRECT {
+        for (k, v) in self.entries.iter_mut() {
+            if v.action == cnpilot_bpf::maps::action::REDIRECT && !self.dns.contains_key(k) {
+                v.proxy_port = port;
+            }
+        }
+    }
+
+    /// The port the DNS proxy listens on, written into the REDIRECT entries
+    /// compiled from `rules.dns` (and only those).
+    pub fn set_dns_proxy_port(&mut self, port: u16) {
+        self.dns_proxy_port = port;
+        for (k, v) in self.entries.iter_mut() {
+            if v.action == cnpilot_bpf::maps::action::REDIRECT && self.dns.contains_key(k) {
                 v.proxy_port = port;
             }
         }
@@ -155,8 +201,8 @@ impl CompiledPolicy {
         v
     }
 
-    /// Entries for the datapath's `ipcache` LPM trie: pod addresses and CIDR
-    /// prefixes (addresses in network byte order).
+    /// Entries for the datapath's `ipcache` LPM trie: pod addresses, CIDR
+    /// prefixes and the /32s of DNS answers (addresses in network byte order).
     pub fn ipcache_entries(&self) -> Vec<(IpcacheKey, IpcacheValue)> {
         let pods = self.endpoint_addrs.iter().map(|(a, id)| {
             (
@@ -172,6 +218,12 @@ impl CompiledPolicy {
         });
         let cidrs = self.cidr_ids.iter().filter_map(|(c, id)| {
             let (net, len) = c.as_v4()?;
+            // A DNS answer's /32 of the same address replaces it (one key
+            // per prefix; the answer's identity is selected wherever the
+            // prefix is).
+            if len == 32 && self.fqdn_addrs.iter().any(|(a, _)| u32::from(*a) == net) {
+                return None;
+            }
             Some((
                 IpcacheKey {
                     prefixlen: u32::from(len),
@@ -183,7 +235,19 @@ impl CompiledPolicy {
                 },
             ))
         });
-        pods.chain(cidrs).collect()
+        let fqdns = self.fqdn_addrs.iter().map(|(a, id)| {
+            (
+                IpcacheKey {
+                    prefixlen: 32,
+                    addr: u32::from(*a).to_be(),
+                },
+                IpcacheValue {
+                    identity: *id,
+                    flags: 0,
+                },
+            )
+        });
+        pods.chain(cidrs).chain(fqdns).collect()
     }
 
     /// The rule behind a `rule_id` of an entry or a decision.

@@ -213,6 +213,17 @@ fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>)
             }
         }
     }
+    for (i, r) in rule.egress.iter().flatten().enumerate() {
+        for (j, sel) in r.to_fqdns.iter().flatten().enumerate() {
+            check_dns_selector(
+                &format!("{path}.egress[{i}].toFQDNs[{j}]"),
+                sel.match_name.as_deref(),
+                sel.match_pattern.as_deref(),
+                "toFQDNs",
+                out,
+            );
+        }
+    }
     if let (Some(egress_deny), true) = (&rule.egress_deny, true) {
         for (i, r) in egress_deny.iter().enumerate() {
             if r.to_fqdns.is_some() {
@@ -337,14 +348,63 @@ fn check_port_rule(path: &str, pr: &PortRule, deny: bool, out: &mut Vec<Problem>
         ));
     }
     for (k, d) in rules.dns.iter().flatten().enumerate() {
-        if d.match_name.is_some() == d.match_pattern.is_some() {
-            out.push(problem(
-                &format!("{path}.rules.dns[{k}]"),
-                "expected exactly one of `matchName`, `matchPattern`",
-                "dns",
-            ));
-        }
+        check_dns_selector(
+            &format!("{path}.rules.dns[{k}]"),
+            d.match_name.as_deref(),
+            d.match_pattern.as_deref(),
+            "dns",
+            out,
+        );
     }
+}
+
+/// A `toFQDNs` or `rules.dns` entry as Cilium validates it: one of
+/// `matchName` / `matchPattern` (its sanitizer refuses both,
+/// pkg/policy/api/fqdn.go), in the CRD's shape (`^([-a-zA-Z0-9_]+[.]?)+$`,
+/// `*` also allowed in a pattern: labels of allowed characters, one dot
+/// between them, no leading dot), at most 255 characters
+/// (pkg/fqdn/matchpattern/matchpattern.go, `MaxFQDNLength`).
+fn check_dns_selector(
+    path: &str,
+    name: Option<&str>,
+    pattern: Option<&str>,
+    section: &str,
+    out: &mut Vec<Problem>,
+) {
+    let (field, value, allowed) = match (name, pattern) {
+        (Some(n), None) => ("matchName", n, "letters, digits, '-', '_' and '.'"),
+        (None, Some(p)) => ("matchPattern", p, "letters, digits, '-', '_', '.' and '*'"),
+        _ => {
+            out.push(problem(
+                path,
+                "expected exactly one of `matchName`, `matchPattern`",
+                section,
+            ));
+            return;
+        }
+    };
+    let hint = if value.is_empty() { field } else { value };
+    let ok_char = |c: u8| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'_' | b'.')
+            || (c == b'*' && field == "matchPattern")
+    };
+    let message = if value.is_empty() {
+        format!("`{field}` is empty")
+    } else if let Some(c) = value.chars().find(|c| !c.is_ascii() || !ok_char(*c as u8)) {
+        format!("`{field}: {value}`: `{c}` is not allowed (only {allowed})")
+    } else if value.starts_with('.') || value.contains("..") {
+        format!("`{field}: {value}`: empty label (a leading dot or two dots in a row)")
+    } else if value.len() > crate::compile::MAX_FQDN_LENGTH {
+        format!(
+            "`{field}`: {} characters, at most {}",
+            value.len(),
+            crate::compile::MAX_FQDN_LENGTH
+        )
+    } else {
+        return;
+    };
+    out.push(problem(path, message, hint));
 }
 
 /// `port` against `protocol`, as Cilium's PortProtocol.Validate

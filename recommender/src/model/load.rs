@@ -305,14 +305,13 @@ fn top_level_description(policy: &CiliumPolicy, doc: &DocText) -> Option<(usize,
 /// Warnings for each unmodelled field present, at each line that names it.
 fn unmodelled_warnings(policy: &CiliumPolicy, doc: &DocText) -> Vec<(usize, String)> {
     let mut present = std::collections::BTreeSet::new();
-    let mut dns = false;
     let mut ipv6 = false;
     if let Ok(value) = serde_json::to_value(policy) {
         for part in [value.get("spec"), value.get("specs")]
             .into_iter()
             .flatten()
         {
-            collect_keys(part, &mut present, &mut dns);
+            collect_keys(part, &mut present);
         }
     }
     for rule in policy.rules() {
@@ -331,13 +330,6 @@ fn unmodelled_warnings(policy: &CiliumPolicy, doc: &DocText) -> Vec<(usize, Stri
         if !found {
             out.push((doc.start_line, format!("not modelled: {field}")));
         }
-    }
-    if dns {
-        out.push((
-            locate(doc, "dns"),
-            "not modelled: rules.dns query names are not checked; the DNS port is allowed at L4"
-                .to_string(),
-        ));
     }
     if ipv6 {
         out.push((
@@ -363,11 +355,7 @@ fn mentions_key(code: &str, key: &str) -> bool {
     })
 }
 
-fn collect_keys(
-    value: &serde_json::Value,
-    found: &mut std::collections::BTreeSet<&'static str>,
-    dns: &mut bool,
-) {
+fn collect_keys(value: &serde_json::Value, found: &mut std::collections::BTreeSet<&'static str>) {
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
@@ -375,11 +363,10 @@ fn collect_keys(
                     found.insert(f);
                     continue;
                 }
-                *dns |= k == "dns";
-                collect_keys(v, found, dns);
+                collect_keys(v, found);
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_keys(v, found, dns)),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_keys(v, found)),
         _ => {}
     }
 }

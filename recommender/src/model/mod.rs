@@ -243,7 +243,9 @@ pub struct PeerRule<'a> {
     pub cidr_sets: Option<&'a [CidrRule]>,
     pub to_ports: Option<&'a [PortRule]>,
     pub icmps: Option<&'a [IcmpRule]>,
-    /// Names of unmodelled peer fields present in the rule (`toFQDNs`, ...).
+    /// `toFQDNs` (egress only).
+    pub fqdns: Option<&'a [FqdnSelector]>,
+    /// Names of unmodelled peer fields present in the rule (`toServices`, ...).
     pub unmodelled_peers: [Option<&'static str>; 5],
 }
 
@@ -256,6 +258,7 @@ impl IngressRule {
             cidr_sets: self.from_cidr_set.as_deref(),
             to_ports: self.to_ports.as_deref(),
             icmps: self.icmps.as_deref(),
+            fqdns: None,
             unmodelled_peers: [
                 self.from_requires.as_ref().map(|_| "fromRequires"),
                 self.from_groups.as_ref().map(|_| "fromGroups"),
@@ -276,12 +279,13 @@ impl EgressRule {
             cidr_sets: self.to_cidr_set.as_deref(),
             to_ports: self.to_ports.as_deref(),
             icmps: self.icmps.as_deref(),
+            fqdns: self.to_fqdns.as_deref(),
             unmodelled_peers: [
-                self.to_fqdns.as_ref().map(|_| "toFQDNs"),
                 self.to_services.as_ref().map(|_| "toServices"),
                 self.to_groups.as_ref().map(|_| "toGroups"),
                 self.to_requires.as_ref().map(|_| "toRequires"),
                 self.to_nodes.as_ref().map(|_| "toNodes"),
+                None,
             ],
         }
     }
@@ -289,7 +293,6 @@ impl EgressRule {
 
 /// Every field name the evaluator keeps but does not model, for warnings.
 pub const UNMODELLED_FIELDS: &[&str] = &[
-    "toFQDNs",
     "toServices",
     "toGroups",
     "fromGroups",

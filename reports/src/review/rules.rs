@@ -97,6 +97,14 @@ pub fn describe(
     }
     peers.extend(r.entities.into_iter().flatten().map(entity_name));
     peers.extend(r.cidrs.into_iter().flatten().map(ToString::to_string));
+    peers.extend(r.fqdns.into_iter().flatten().filter_map(|f| {
+        let (kind, v) = match (&f.match_name, &f.match_pattern) {
+            (Some(n), _) => ("name", n),
+            (None, Some(p)) => ("pattern", p),
+            (None, None) => return None,
+        };
+        Some(format!("DNS {kind} {v}"))
+    }));
     for set in r.cidr_sets.into_iter().flatten() {
         let base = set
             .cidr
@@ -138,7 +146,7 @@ pub fn describe(
                 http.push(format!("{method} {path}"));
             }
             if rules.dns.is_some() {
-                http.push("dns: any name (rules.dns matchPattern; names are not checked by the datapath yet)".into());
+                http.push("dns: the names of rules.dns (checked by the DNS proxy over UDP)".into());
             }
         }
     }
@@ -152,6 +160,7 @@ pub fn is_empty_rule(r: &PeerRule<'_>) -> bool {
         && r.entities.is_none()
         && r.cidrs.is_none()
         && r.cidr_sets.is_none()
+        && r.fqdns.is_none()
         && r.to_ports.is_none()
         && r.unmodelled_peers.iter().all(Option::is_none)
 }
