@@ -1,4 +1,4 @@
-//! Policy cases: the shared format of `policy-cases/README.md` ("what does
+//! Policy cases: the shared format of `seed-cases/FORMAT.md` ("what does
 //! Cilium do with this flow?") and a runner that checks each flow against
 //! the evaluator.
 
@@ -25,6 +25,10 @@ pub struct Case {
     pub endpoints: Vec<EndpointSpec>,
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
+    /// Outside addresses DNS answers gave, with the names asked for: what
+    /// `toFQDNs` selects.
+    #[serde(default)]
+    pub world: Vec<WorldSpec>,
     pub policies: String,
     pub flows: Vec<FlowSpec>,
     /// Line of the case file where the `policies` block's text starts.
@@ -43,6 +47,15 @@ pub struct EndpointSpec {
     pub named_ports: BTreeMap<String, u16>,
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+}
+
+/// An outside address and the names whose DNS answers gave it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldSpec {
+    pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub fqdns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +120,9 @@ pub struct FlowSpec {
     pub reply: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpRequest>,
+    /// The query name of a DNS request (checked against `rules.dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
     pub expect: Verdict,
 }
 

@@ -8,7 +8,10 @@ use cnpilot_bpf::maps::{identity, Direction};
 use serde::Serialize;
 
 use super::{Case, FlowProto, FlowSpec};
-use crate::compile::{combine, CompiledPolicy, IdentityInput, NodeInput, Outcome, Side, Verdict};
+use crate::compile::{
+    combine, CompiledPolicy, FqdnInput, IdentityInput, NodeInput, Outcome, Side, Verdict,
+    FQDN_IDENTITY_BASE,
+};
 use crate::model::{load_str_at, Diagnostic, LoadError};
 
 /// The first identity number the case runner allocates to workloads.
@@ -71,14 +74,18 @@ impl Perspectives {
         } else {
             flow.port.unwrap_or(0)
         };
-        c.check(
-            dir,
-            self.identity(subject, node),
-            self.identity(peer, node),
-            flow.proto.number(),
-            port,
-            flow.http.as_ref(),
-        )
+        let (subject, peer) = (self.identity(subject, node), self.identity(peer, node));
+        match &flow.dns {
+            Some(qname) => c.check_dns(dir, subject, peer, flow.proto.number(), port, qname),
+            None => c.check(
+                dir,
+                subject,
+                peer,
+                flow.proto.number(),
+                port,
+                flow.http.as_ref(),
+            ),
+        }
     }
 }
 
@@ -110,13 +117,22 @@ pub fn run_case(case: &Case, file: &str) -> Result<Vec<FlowResult>, LoadError> {
             labels: n.labels.clone(),
         })
         .collect();
+    // One identity per outside address, as the agent allocates them.
+    let fqdns: Vec<FqdnInput> = case
+        .world
+        .iter()
+        .zip(FQDN_IDENTITY_BASE..)
+        .map(|(w, id)| FqdnInput {
+            addr: w.ip,
+            id,
+            names: w.fqdns.clone(),
+        })
+        .collect();
+    let compile = |node| CompiledPolicy::compile_with_fqdns(&set, &identities, node, &fqdns);
     let compiled = if nodes.is_empty() {
-        vec![CompiledPolicy::compile(&set, &identities, None)]
+        vec![compile(None)]
     } else {
-        nodes
-            .iter()
-            .map(|n| CompiledPolicy::compile(&set, &identities, Some(n)))
-            .collect()
+        nodes.iter().map(|n| compile(Some(n))).collect()
     };
     let views = Perspectives { compiled };
     let bad = |i: usize, message: String| {
@@ -151,6 +167,12 @@ pub fn run_case(case: &Case, file: &str) -> Result<Vec<FlowResult>, LoadError> {
         if flow.proto.has_ports() && flow.port.is_none() {
             return Err(bad(i, "`port` is required for TCP, UDP and SCTP".into()));
         }
+        if flow.dns.is_some() && flow.http.is_some() {
+            return Err(bad(
+                i,
+                "a flow carries one request: `dns` or `http`, not both".into(),
+            ));
+        }
         if matches!(flow.proto, FlowProto::Vrrp | FlowProto::Igmp) && flow.port.is_some() {
             return Err(bad(
                 i,
@@ -170,7 +192,14 @@ pub fn run_case(case: &Case, file: &str) -> Result<Vec<FlowResult>, LoadError> {
         for (name, side, subject) in [("egress", egress, client), ("ingress", ingress, server)] {
             if side.outcome != Outcome::NotEnforced {
                 let node = if let End::Host(n) = subject { n } else { 0 };
-                explanation.push(explain(&views.compiled[node], name, side, subject, &views));
+                explanation.push(explain(
+                    &views.compiled[node],
+                    name,
+                    side,
+                    subject,
+                    &views,
+                    flow.dns.is_some(),
+                ));
             }
         }
         results.push(FlowResult {
@@ -206,8 +235,12 @@ fn explain(
     side: Side,
     subject: End,
     views: &Perspectives,
+    dns: bool,
 ) -> String {
     let what = match side.outcome {
+        Outcome::L7Denied if dns => {
+            "denied by the DNS proxy (REFUSED): no rules.dns name matches the query; port rules from"
+        }
         Outcome::NotEnforced => "not enforced",
         Outcome::NoPolicy => "allowed: no policy selects it in this direction",
         Outcome::Allowed => "allowed by",
@@ -267,6 +300,9 @@ fn describe(f: &FlowSpec) -> String {
     }
     if let Some(h) = &f.http {
         s.push_str(&format!(" {} {}", h.method, h.path));
+    }
+    if let Some(q) = &f.dns {
+        s.push_str(&format!(" DNS {q}"));
     }
     if f.reply {
         s.push_str(" (reply)");

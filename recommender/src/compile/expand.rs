@@ -6,13 +6,11 @@ use std::sync::Arc;
 
 use cnpilot_bpf::maps::{action, identity, Direction, PolicyKey, PolicyValue, SubjectKey};
 
-use super::fqdn::fqdn_matches;
+use super::fqdn::{collect_fqdn_selectors, fqdn_addrs, fqdn_matches};
 use super::lookup::PrefixTable;
 use super::ports::{ports_of, IPPROTO_UDP, L7};
 use super::{CompiledPolicy, FqdnInput, IdentityInput, NodeInput, RuleRef, CIDR_IDENTITY_BASE};
-use crate::model::{
-    Cidr, CidrRule, Entity, FqdnSelector, LoadedPolicy, PeerRule, PolicySet, PortSpec, Rule,
-};
+use crate::model::{Cidr, CidrRule, Entity, LoadedPolicy, PeerRule, PolicySet, PortSpec, Rule};
 use crate::select::{LabelSet, Selector};
 
 /// Every identity a peer selector can pick, with its labels.
@@ -517,50 +515,6 @@ fn peers_of(pr: &PeerRule, u: &Universe, ns: Option<&str>) -> Peers {
         );
     }
     Peers::Ids(ids)
-}
-
-/// The DNS answers that become /32s of their own. A pod's address keeps
-/// its endpoint identity: Cilium's FQDN name manager upserts answer
-/// prefixes into the ipcache with `source.Generated`
-/// (pkg/fqdn/namemanager/manager.go, `upsertMetadata`), the weakest source,
-/// which may not overwrite an endpoint's (pkg/source/source.go,
-/// `AllowOverwrite`). An address given twice keeps its first identity.
-fn fqdn_addrs(
-    identities: &[IdentityInput],
-    inputs: &[FqdnInput],
-    warnings: &mut Vec<String>,
-) -> Vec<(Ipv4Addr, u32, Vec<String>)> {
-    let pods: BTreeSet<Ipv4Addr> = identities
-        .iter()
-        .flat_map(|i| i.addrs.iter().copied())
-        .collect();
-    let mut out: Vec<(Ipv4Addr, u32, Vec<String>)> = Vec::new();
-    for f in inputs {
-        if pods.contains(&f.addr) {
-            continue;
-        }
-        match out.iter_mut().find(|(a, _, _)| *a == f.addr) {
-            Some((_, id, names)) if *id == f.id => names.extend(f.names.iter().cloned()),
-            Some((_, id, _)) => warnings.push(format!(
-                "DNS answer address {} given identities {} and {}: keeping {}",
-                f.addr, id, f.id, id
-            )),
-            None => out.push((f.addr, f.id, f.names.clone())),
-        }
-    }
-    out
-}
-
-/// Every `toFQDNs` selector of the set, whatever it selects on this node.
-fn collect_fqdn_selectors(set: &PolicySet) -> Vec<FqdnSelector> {
-    let selectors: BTreeSet<&FqdnSelector> = set
-        .policies
-        .iter()
-        .flat_map(|p| p.policy.rules())
-        .flat_map(|r| r.egress.iter().flatten())
-        .flat_map(|e| e.to_fqdns.iter().flatten())
-        .collect();
-    selectors.into_iter().cloned().collect()
 }
 
 fn collect_cidrs(set: &PolicySet) -> Vec<(Cidr, u32)> {

@@ -10,12 +10,19 @@
 //! here without regexes, so a pattern from a policy file can never make the
 //! matcher panic or blow up.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use super::CIDR_IDENTITY_BASE;
+use super::{IdentityInput, CIDR_IDENTITY_BASE};
+use crate::model::{FqdnSelector, PolicySet};
 
 /// A world address DNS answers gave for `names` (lower-case, no trailing
 /// dot), with the identity the agent allocated for it.
+///
+/// Give each address an identity of its own: an identity is selected as a
+/// whole, so one shared by several addresses is selected by every CIDR rule
+/// that covers any of them (Cilium's identities differ there, as a covering
+/// CIDR adds a label to the address).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FqdnInput {
     pub addr: Ipv4Addr,
@@ -136,6 +143,50 @@ fn glob_matches(pattern: &[u8], name: &[u8]) -> bool {
         row = next;
     }
     row[name.len()]
+}
+
+/// The DNS answers that become /32s of their own. A pod's address keeps
+/// its endpoint identity: Cilium's FQDN name manager upserts answer
+/// prefixes into the ipcache with `source.Generated`
+/// (pkg/fqdn/namemanager/manager.go, `upsertMetadata`), the weakest source,
+/// which may not overwrite an endpoint's (pkg/source/source.go,
+/// `AllowOverwrite`). An address given twice keeps its first identity.
+pub(super) fn fqdn_addrs(
+    identities: &[IdentityInput],
+    inputs: &[FqdnInput],
+    warnings: &mut Vec<String>,
+) -> Vec<(Ipv4Addr, u32, Vec<String>)> {
+    let pods: BTreeSet<Ipv4Addr> = identities
+        .iter()
+        .flat_map(|i| i.addrs.iter().copied())
+        .collect();
+    let mut out: Vec<(Ipv4Addr, u32, Vec<String>)> = Vec::new();
+    for f in inputs {
+        if pods.contains(&f.addr) {
+            continue;
+        }
+        match out.iter_mut().find(|(a, _, _)| *a == f.addr) {
+            Some((_, id, names)) if *id == f.id => names.extend(f.names.iter().cloned()),
+            Some((_, id, _)) => warnings.push(format!(
+                "DNS answer address {} given identities {} and {}: keeping {}",
+                f.addr, id, f.id, id
+            )),
+            None => out.push((f.addr, f.id, f.names.clone())),
+        }
+    }
+    out
+}
+
+/// Every `toFQDNs` selector of the set, whatever it selects on this node.
+pub(super) fn collect_fqdn_selectors(set: &PolicySet) -> Vec<FqdnSelector> {
+    let selectors: BTreeSet<&FqdnSelector> = set
+        .policies
+        .iter()
+        .flat_map(|p| p.policy.rules())
+        .flat_map(|r| r.egress.iter().flatten())
+        .flat_map(|e| e.to_fqdns.iter().flatten())
+        .collect();
+    selectors.into_iter().cloned().collect()
 }
 
 #[cfg(test)]
