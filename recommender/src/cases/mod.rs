@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compile::{HttpRequest, Verdict};
 use crate::model::{Diagnostic, LoadError};
-pub use run::{run_case, FlowResult};
+pub use run::{fqdn_inputs, run_case, FlowResult};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,6 +12,7 @@ use crate::compile::{
     combine, CompiledPolicy, FqdnInput, IdentityInput, NodeInput, Outcome, Side, Verdict,
     FQDN_IDENTITY_BASE,
 };
+
 use crate::model::{load_str_at, Diagnostic, LoadError};
 
 /// The first identity number the case runner allocates to workloads.
@@ -89,6 +90,22 @@ impl Perspectives {
     }
 }
 
+/// The case's `world` addresses as the agent would hand them to
+/// [`CompiledPolicy::compile_with_fqdns`]: one identity per address, from
+/// [`FQDN_IDENTITY_BASE`] in the order listed. Anything that compiles a case
+/// for comparison with [`run_case`] must use these.
+pub fn fqdn_inputs(case: &Case) -> Vec<FqdnInput> {
+    case.world
+        .iter()
+        .zip(FQDN_IDENTITY_BASE..)
+        .map(|(w, id)| FqdnInput {
+            addr: w.ip,
+            id,
+            names: w.fqdns.clone(),
+        })
+        .collect()
+}
+
 /// Run every flow of `case`; `file` labels policy diagnostics.
 pub fn run_case(case: &Case, file: &str) -> Result<Vec<FlowResult>, LoadError> {
     let set = load_str_at(&case.policies, file, case.policies_line.max(1))?;
@@ -117,17 +134,7 @@ pub fn run_case(case: &Case, file: &str) -> Result<Vec<FlowResult>, LoadError> {
             labels: n.labels.clone(),
         })
         .collect();
-    // One identity per outside address, as the agent allocates them.
-    let fqdns: Vec<FqdnInput> = case
-        .world
-        .iter()
-        .zip(FQDN_IDENTITY_BASE..)
-        .map(|(w, id)| FqdnInput {
-            addr: w.ip,
-            id,
-            names: w.fqdns.clone(),
-        })
-        .collect();
+    let fqdns = fqdn_inputs(case);
     let compile = |node| CompiledPolicy::compile_with_fqdns(&set, &identities, node, &fqdns);
     let compiled = if nodes.is_empty() {
         vec![compile(None)]
