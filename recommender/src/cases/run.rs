@@ -12,7 +12,6 @@ use crate::compile::{
     combine, CompiledPolicy, FqdnInput, IdentityInput, NodeInput, Outcome, Side, Verdict,
     FQDN_IDENTITY_BASE,
 };
-
 use crate::model::{load_str_at, Diagnostic, LoadError};
 
 /// The first identity number the case runner allocates to workloads.
