@@ -1,5 +1,6 @@
 //! Fuzz-style: mutated, truncated and random inputs never panic the loader
-//! or the case runner. A fixed-seed generator keeps failures reproducible.
+//! or the case runner, and random DNS patterns match as Cilium's regexes
+//! do. A fixed-seed generator keeps failures reproducible.
 
 use cnpilot_recommender::cases::{parse_cases, run_case};
 use cnpilot_recommender::model::load_str;
@@ -175,4 +176,85 @@ fn deep_nesting_does_not_overflow() {
             .map(|i| format!("{}a:\n", " ".repeat(i)))
             .collect::<String>();
     let _ = load_str(&deep_map, "deep.yaml");
+}
+
+/// Cilium's translation of a `matchPattern` into a regex
+/// (pkg/fqdn/matchpattern/matchpattern.go: `Sanitize`, then
+/// `ToAnchoredRegexp`), ported literally to check `fqdn_matches` against.
+fn cilium_pattern_regex(pattern: &str) -> regex::Regex {
+    const CHARS: &str = "[-a-zA-Z0-9_]";
+    let is_wildcard = |p: &str| {
+        let p = p.strip_suffix('.').unwrap_or(p);
+        !p.is_empty() && p.bytes().all(|c| c == b'*')
+    };
+    let source = if is_wildcard(pattern) {
+        format!("(^({CHARS}+[.])+$)|(^[.]$)")
+    } else {
+        let p = if pattern.ends_with('.') {
+            pattern.to_lowercase()
+        } else {
+            format!("{}.", pattern.to_lowercase())
+        };
+        let b = p.as_bytes();
+        let mut out = String::from("^");
+        let stars = b.iter().take_while(|c| **c == b'*').count();
+        let mut i = 0;
+        if stars >= 2 && b.get(stars) == Some(&b'.') {
+            out.push_str(&format!("({CHARS}+([.]{CHARS}+){{0,}})[.]"));
+            i = stars + 1;
+        }
+        while i < b.len() {
+            match b[i] {
+                b'.' => out.push_str("[.]"),
+                b'*' => {
+                    while b.get(i + 1) == Some(&b'*') {
+                        i += 1;
+                    }
+                    out.push_str(CHARS);
+                    out.push('*');
+                }
+                c => out.push(c as char),
+            }
+            i += 1;
+        }
+        out.push('$');
+        out
+    };
+    regex::Regex::new(&source).unwrap()
+}
+
+#[test]
+fn fqdn_matches_agrees_with_ciliums_regexes() {
+    use cnpilot_recommender::compile::fqdn_matches;
+    let mut rng = Rng(0xd45_0000_0000_0004);
+    let pick = |rng: &mut Rng, parts: &[&str], max: usize| -> String {
+        (0..rng.below(max) + 1)
+            .map(|_| parts[rng.below(parts.len())])
+            .collect()
+    };
+    let (mut matched, mut missed) = (0, 0);
+    for _ in 0..20_000 {
+        let pattern = pick(&mut rng, &["a", "b", "-", "_", ".", "*", "**.", "A"], 8);
+        let name = pick(&mut rng, &["a", "b", "-", "_", ".", "A", "a."], 8);
+        let fqdn = if name.ends_with('.') {
+            name.to_lowercase()
+        } else {
+            format!("{}.", name.to_lowercase())
+        };
+        let want = cilium_pattern_regex(&pattern).is_match(&fqdn);
+        let got = fqdn_matches(None, Some(&pattern), &name);
+        assert_eq!(got, want, "pattern {pattern:?} vs name {name:?}");
+        if want {
+            matched += 1;
+        } else {
+            missed += 1;
+        }
+        // A name always matches itself as a matchName.
+        assert!(fqdn_matches(Some(&name), None, &name.to_uppercase()));
+    }
+    // Both answers must come up, or the generator proves nothing.
+    assert!(
+        matched > 500 && missed > 500,
+        "{matched} matched, {missed} not"
+    );
 }
