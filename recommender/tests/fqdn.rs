@@ -283,6 +283,14 @@ fn bad_selectors_are_load_errors_at_their_line() {
         let got = load_error(&policy(egress));
         assert!(got.contains(want), "want `{want}`, got:\n{got}");
     }
+    let ingress = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: \"53\", protocol: UDP}]\n      rules: {dns: [{matchPattern: \"*\"}]}\n";
+    let got = load_error(ingress);
+    assert!(
+        got.contains(
+            "bad.yaml:9: spec.ingress[0].toPorts[0]: `rules.dns` is not allowed on ingress"
+        ),
+        "{got}"
+    );
     let long = format!("{}.com", "a".repeat(260));
     let got = load_error(&policy(&format!("  - toFQDNs: [{{matchName: {long}}}]\n")));
     assert!(got.contains("at most 255"), "{got}");

@@ -209,7 +209,15 @@ fn check_rule(kind: PolicyKind, path: &str, rule: &Rule, out: &mut Vec<Problem>)
                 check_cidr_set(&format!("{here}.CIDRSet[{j}]"), set, out);
             }
             for (j, pr) in ports.unwrap_or_default().iter().enumerate() {
-                check_port_rule(&format!("{here}.toPorts[{j}]"), pr, deny, out);
+                let at = format!("{here}.toPorts[{j}]");
+                check_port_rule(&at, pr, deny, out);
+                // pkg/policy/api/rule_validation.go, PortRule.Validate: the
+                // DNS proxy sees a pod's own queries only.
+                if field.starts_with("ingress")
+                    && pr.rules.as_ref().is_some_and(|r| r.dns.is_some())
+                {
+                    out.push(problem(&at, "`rules.dns` is not allowed on ingress", "dns"));
+                }
             }
         }
     }
