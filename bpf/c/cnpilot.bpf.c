@@ -190,6 +190,28 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct packet *p, __u
 	return 0;
 }
 
+/* Hands a UDP datagram (a pod's DNS query) to the DNS proxy's socket on
+ * proxy_port in this (the node's) namespace; the mark routes it locally.
+ * The proxy reads the query's original destination from the datagram
+ * (IP_ORIGDSTADDR). 0 when handed over. */
+static __always_inline int to_proxy_udp(struct __sk_buff *skb, struct packet *p, __u16 proxy_port)
+{
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->saddr;
+	t.ipv4.daddr = p->daddr;
+	t.ipv4.sport = bpf_htons(p->sport);
+	t.ipv4.dport = bpf_htons(proxy_port);
+	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return -1;
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -1;
+	skb->mark = CNP_MARK_TO_PROXY;
+	return 0;
+}
+
 struct decision {
 	__u8 denied;
 	__u8 reason;
@@ -370,8 +392,13 @@ static __always_inline int pass_redirect(struct __sk_buff *skb, struct packet *p
 		return TC_ACT_OK;
 	if (dir == CNP_DIR_EGRESS) {
 		/* On failure the packet goes on unproxied; the server's veth
-		 * then applies the rule above. */
-		to_proxy(skb, p, proxy_port);
+		 * then applies the rule above. A DNS query without its proxy
+		 * (agent down) goes on unchecked: egress L7 rules fail open
+		 * there, as HTTP's do. */
+		if (p->proto == IPPROTO_UDP)
+			to_proxy_udp(skb, p, proxy_port);
+		else
+			to_proxy(skb, p, proxy_port);
 		return TC_ACT_OK;
 	}
 	return mode == CNP_MODE_ENFORCE ? TC_ACT_SHOT : TC_ACT_OK;
@@ -499,9 +526,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				rule_id = di.rule_id;
 		}
 	}
-	/* The proxy already applied the L7 rules to its upstream leg; only TCP
-	 * goes through it. */
-	if (proxied_for || p.proto != IPPROTO_TCP || host)
+	/* The proxy already applied the L7 rules to its upstream leg. TCP goes
+	 * to the HTTP proxy; UDP only from a pod's egress (DNS: rules.dns are
+	 * egress rules). */
+	if (proxied_for || host ||
+	    (p.proto != IPPROTO_TCP && !(p.proto == IPPROTO_UDP && dir == CNP_DIR_EGRESS)))
 		proxy_port = 0;
 
 	struct ct_value n = {

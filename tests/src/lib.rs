@@ -8,6 +8,7 @@
 //! a stale binary) and use `<target dir>/debug/cnpilot`, where the target dir
 //! is `$CARGO_TARGET_DIR` or the workspace's `target/`.
 
+pub mod dns;
 pub mod steps;
 
 use std::path::{Path, PathBuf};

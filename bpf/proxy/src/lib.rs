@@ -25,13 +25,14 @@
 //! 400 in enforce), trailers are forwarded but not inspected, request bodies
 //! are never inspected, `CONNECT`/authority-form and `https://` absolute-form
 //! targets are rejected, pipelined requests are forwarded one at a time (in
-//! order, never concurrently), IPv6 is untested, DNS visibility is missing.
+//! order, never concurrently), IPv6 is untested. DNS is [`dns`]'s, over UDP.
 
 #[cfg(any(test, feature = "testbed"))]
 pub mod bench;
 pub mod conn;
 #[cfg(any(test, feature = "testbed"))]
 pub mod demo_api;
+pub mod dns;
 pub mod event;
 pub mod http1;
 pub mod listener;

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::inventory::Inventory;
 use cnpilot_learner::ReservedIdentity;
+use cnpilot_proxy::dns::{qtype_name, DnsEvent};
 use cnpilot_proxy::event::{L7Event, L7Verdict};
 
 /// What turns datapath time into wall time and names the node, once per
@@ -186,4 +187,60 @@ pub fn http_line(ev: &L7Event, inv: &Inventory, cx: &LineContext) -> HttpLine {
 /// Whether `--drops-only` keeps an HTTP record.
 pub fn http_is_drop(ev: &L7Event) -> bool {
     ev.verdict != L7Verdict::Allowed
+}
+
+/// One query the DNS proxy saw, in the same stream as the flow events.
+#[derive(Debug, Serialize)]
+pub struct DnsLine {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub time_ns: u64,
+    /// `allowed`, `l7-would-deny`, `l7-denied` or `unparseable`.
+    pub verdict: &'static str,
+    pub query: String,
+    pub qtype: String,
+    /// The answer's rcode (`NOERROR`, `NXDOMAIN`, `REFUSED`…), `None`
+    /// when no answer came.
+    pub rcode: Option<String>,
+    pub answers: Vec<IpAddr>,
+    pub ttl: u32,
+    pub src: Peer,
+    pub dst: Peer,
+    pub reason: String,
+    pub node: String,
+}
+
+pub fn rcode_name(rcode: u8) -> String {
+    match rcode {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn dns_line(ev: &DnsEvent, inv: &Inventory, cx: &LineContext) -> DnsLine {
+    let time_ns = ev
+        .ts
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    DnsLine {
+        kind: "dns",
+        time: rfc3339(i64::try_from(time_ns).unwrap_or(i64::MAX)),
+        time_ns,
+        verdict: ev.verdict.as_str(),
+        query: ev.qname.clone(),
+        qtype: qtype_name(ev.qtype),
+        rcode: ev.rcode.map(rcode_name),
+        answers: ev.ips.clone(),
+        ttl: ev.ttl,
+        src: peer(inv, *ev.src.ip(), ev.src.port(), ev.src_identity),
+        dst: peer(inv, *ev.server.ip(), ev.server.port(), ev.dst_identity),
+        reason: ev.reason.clone(),
+        node: cx.node.clone(),
+    }
 }

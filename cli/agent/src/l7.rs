@@ -37,7 +37,7 @@ const TCP: u8 = 6;
 /// The proxy's routes and sysctl go into a *named* node namespace (`ip -n`):
 /// the lab's. On a node whose own namespace is the node namespace they
 /// would change the host's routing, which this version does not do yet.
-fn netns_name(netns: &Path) -> crate::Result<String> {
+pub(crate) fn netns_name(netns: &Path) -> crate::Result<String> {
     let named = matches!(
         netns.parent().and_then(|p| p.to_str()),
         Some("/run/netns" | "/var/run/netns")
@@ -45,7 +45,7 @@ fn netns_name(netns: &Path) -> crate::Result<String> {
     crate::error::ensure!(
         named,
         "the L7 proxy runs in a named node namespace (/run/netns/NAME) only for now, not in {}: \
-         run the agent with --proxy-port 0 (HTTP rules and visibility are then not enforced)",
+         run the agent with --proxy-port 0 --dns-proxy-port 0 (HTTP and DNS rules and visibility are then not enforced)",
         netns.display()
     );
     netns
@@ -154,7 +154,7 @@ impl PolicySlot {
     }
 }
 
-struct CompiledIdentities(Arc<PolicySlot>);
+pub(crate) struct CompiledIdentities(pub(crate) Arc<PolicySlot>);
 
 impl IdentityResolver for CompiledIdentities {
     fn identity_of(&self, ip: IpAddr) -> Identity {
@@ -169,7 +169,7 @@ impl IdentityResolver for CompiledIdentities {
 /// redirected at L4 must have an HTTP rule matching the request.
 struct CompiledL7(Arc<PolicySlot>);
 
-fn describe(p: &CompiledPolicy, rule: Option<u32>) -> String {
+pub(crate) fn describe(p: &CompiledPolicy, rule: Option<u32>) -> String {
     rule.and_then(|r| p.rule(r))
         .map_or_else(|| "no rule".to_string(), ToString::to_string)
 }
@@ -228,10 +228,10 @@ impl L7Policy for CompiledL7 {
 }
 
 /// The destination namespace's mode, read from the pinned map per request.
-struct PinnedModes {
-    tables: Mutex<Tables>,
+pub(crate) struct PinnedModes {
+    pub(crate) tables: Mutex<Tables>,
     /// Replaced by the agent when its inventory changes.
-    ns_of_identity: NamespaceOfIdentity,
+    pub(crate) ns_of_identity: NamespaceOfIdentity,
 }
 
 /// Local identities → `ns_mode` key, shared with the agent.

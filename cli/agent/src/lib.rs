@@ -9,8 +9,10 @@
 //! lab, a snapshot file and a live cluster are all an [`InventorySource`].
 
 pub mod api;
+mod dns;
 mod error;
 pub mod events;
+mod fqdn;
 pub mod host;
 mod instance;
 pub mod inventory;
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 use cnpilot_bpf::Mode;
 
 pub use cnpilot_learner::inventory::InventorySource;
+pub use dns::DEFAULT_DNS_PROXY_PORT;
 pub use error::{AgentError, Result};
 pub use host::{host_mode_id, HostFirewall};
 pub use inventory::{ns_id, OWN_NETNS};
@@ -55,6 +58,9 @@ pub struct AgentConfig {
     pub store: Option<PathBuf>,
     /// The transparent L7 proxy's port; 0 runs no proxy.
     pub proxy_port: u16,
+    /// The transparent DNS proxy's UDP port; 0 runs none (`rules.dns` is
+    /// then allowed at L4, and `toFQDNs` learns no name).
+    pub dns_proxy_port: u16,
     /// Event ring buffer size in MiB (a power of two).
     pub ring_buffer_mib: u32,
     /// HTTP visibility without L7 rules.

@@ -197,8 +197,10 @@ pub(crate) fn reprogram_policy(
         all.retain(|x| !(x.addr == e.addr && x.prefix_len == e.prefix_len));
         all.push(e);
     }
-    t.set_ipcache(&all)?;
+    // Policy before the ipcache: an address that gets a new identity (a
+    // name just learned from DNS) finds that identity's entries in place.
     t.replace_policy(entries.policy.iter().copied())?;
+    t.set_ipcache(&all)?;
     t.replace_subjects(entries.subjects.iter().copied())?;
     Ok(())
 }

@@ -23,6 +23,15 @@ pub struct MapEntries {
     pub compiled: Arc<CompiledPolicy>,
 }
 
+/// The DNS side of a compilation: the DNS proxy's port (0: none, so
+/// `rules.dns` is allowed at L4 and no name is ever learned) and the
+/// addresses learned from its answers.
+#[derive(Debug, Clone, Default)]
+pub struct DnsInput {
+    pub port: u16,
+    pub fqdns: Vec<cnpilot_recommender::compile::FqdnInput>,
+}
+
 /// No policies: nothing is selected, everything is allowed (and counted).
 pub fn none() -> MapEntries {
     MapEntries {
@@ -142,71 +151,145 @@ fn add_visibility(
         if ports.is_empty() || !done.insert(pod.identity) {
             continue;
         }
-        let ingress = Direction::Ingress as u8;
-        let subject = SubjectKey {
-            identity: pod.identity,
-            direction: u32::from(ingress),
-        };
-        let selected = subjects.iter().any(|(k, _)| *k == subject);
-        if !selected {
-            subjects.push((subject, SubjectValue { flags: 0 }));
-        }
+        // Whether a policy selects it: asked once, before the first port
+        // adds the subject entry visibility needs.
+        let selected = selects(subjects, pod.identity, Direction::Ingress);
         for port in ports {
-            let mut twins: Vec<(PolicyKey, PolicyValue)> = Vec::new();
-            if !selected {
-                twins.push((
-                    PolicyKey {
-                        subject: pod.identity,
-                        peer: identity::ANY,
-                        dport: port,
-                        proto: 6,
-                        direction: ingress,
-                    },
-                    PolicyValue {
-                        action: action::VISIBILITY,
-                        pad: 0,
-                        proxy_port,
-                        rule_id: 0,
-                    },
-                ));
-            }
-            for (k, v) in policy.iter() {
-                let covers = k.subject == pod.identity
-                    && k.direction == ingress
-                    && (k.dport == port || k.dport == 0)
-                    && (k.proto == 6 || k.proto == 0)
-                    && v.action == action::ALLOW
-                    // The host's own traffic to its pods never passes a
-                    // client veth: nothing to hand to the proxy.
-                    && k.peer != identity::HOST;
-                if covers {
-                    twins.push((
-                        PolicyKey {
-                            dport: port,
-                            proto: 6,
-                            ..*k
-                        },
-                        PolicyValue {
-                            action: action::VISIBILITY,
-                            proxy_port,
-                            ..*v
-                        },
-                    ));
-                }
-            }
-            for (key, value) in twins {
-                match policy.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, existing)) if existing.action == action::ALLOW => *existing = value,
-                    Some(_) => {}
-                    None => policy.push((key, value)),
-                }
-                added += 1;
-            }
+            let side = VisibleSide {
+                subject: pod.identity,
+                direction: Direction::Ingress,
+                proto: 6,
+                port,
+                proxy_port,
+            };
+            added += side.add(policy, subjects, selected);
         }
     }
     policy.sort_by_key(|(k, _)| *k);
     subjects.sort_by_key(|(k, _)| *k);
     added
+}
+
+/// DNS visibility: every pod's queries to UDP port 53 go through the DNS
+/// proxy (the same twins as HTTP visibility, on the pod's egress), so each
+/// query and answer is recorded and `toFQDNs` can learn names whether or
+/// not a policy has `rules.dns`.
+fn add_dns_visibility(
+    policy: &mut Vec<(PolicyKey, PolicyValue)>,
+    subjects: &mut Vec<(SubjectKey, SubjectValue)>,
+    inv: &Inventory,
+    dns_port: u16,
+) -> usize {
+    if dns_port == 0 {
+        return 0;
+    }
+    let mut added = 0;
+    let mut done = std::collections::BTreeSet::new();
+    for pod in &inv.pods {
+        if !done.insert(pod.identity) {
+            continue;
+        }
+        let side = VisibleSide {
+            subject: pod.identity,
+            direction: Direction::Egress,
+            proto: 17,
+            port: 53,
+            proxy_port: dns_port,
+        };
+        let selected = selects(subjects, pod.identity, Direction::Egress);
+        added += side.add(policy, subjects, selected);
+    }
+    policy.sort_by_key(|(k, _)| *k);
+    subjects.sort_by_key(|(k, _)| *k);
+    added
+}
+
+fn selects(subjects: &[(SubjectKey, SubjectValue)], identity: u32, direction: Direction) -> bool {
+    let key = SubjectKey {
+        identity,
+        direction: direction as u32,
+    };
+    subjects.iter().any(|(k, _)| *k == key)
+}
+
+/// One subject's direction, protocol and port that a proxy should see.
+struct VisibleSide {
+    subject: u32,
+    direction: Direction,
+    proto: u8,
+    port: u16,
+    proxy_port: u16,
+}
+
+impl VisibleSide {
+    /// Adds the visibility entries (see [`add_visibility`]); returns how
+    /// many. `selected`: whether a policy selects the subject this way.
+    fn add(
+        &self,
+        policy: &mut Vec<(PolicyKey, PolicyValue)>,
+        subjects: &mut Vec<(SubjectKey, SubjectValue)>,
+        selected: bool,
+    ) -> usize {
+        let dir = self.direction as u8;
+        let subject = SubjectKey {
+            identity: self.subject,
+            direction: u32::from(dir),
+        };
+        if !subjects.iter().any(|(k, _)| *k == subject) {
+            subjects.push((subject, SubjectValue { flags: 0 }));
+        }
+        let mut twins: Vec<(PolicyKey, PolicyValue)> = Vec::new();
+        if !selected {
+            twins.push((
+                PolicyKey {
+                    subject: self.subject,
+                    peer: identity::ANY,
+                    dport: self.port,
+                    proto: self.proto,
+                    direction: dir,
+                },
+                PolicyValue {
+                    action: action::VISIBILITY,
+                    pad: 0,
+                    proxy_port: self.proxy_port,
+                    rule_id: 0,
+                },
+            ));
+        }
+        for (k, v) in policy.iter() {
+            let covers = k.subject == self.subject
+                && k.direction == dir
+                && (k.dport == self.port || k.dport == 0)
+                && (k.proto == self.proto || k.proto == 0)
+                && v.action == action::ALLOW
+                // The host's own traffic to its pods never passes a
+                // client veth: nothing to hand to the proxy.
+                && k.peer != identity::HOST;
+            if covers {
+                twins.push((
+                    PolicyKey {
+                        dport: self.port,
+                        proto: self.proto,
+                        ..*k
+                    },
+                    PolicyValue {
+                        action: action::VISIBILITY,
+                        proxy_port: self.proxy_port,
+                        ..*v
+                    },
+                ));
+            }
+        }
+        let added = twins.len();
+        for (key, value) in twins {
+            match policy.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, existing)) if existing.action == action::ALLOW => *existing = value,
+                Some(_) => {}
+                None => policy.push((key, value)),
+            }
+        }
+        added
+    }
 }
 
 fn load_dir(dir: &Path) -> crate::Result<cnpilot_recommender::PolicySet> {
@@ -272,8 +355,9 @@ pub fn compile(
     inv: &Inventory,
     proxy_port: u16,
     visibility: &Visibility,
+    dns: &DnsInput,
 ) -> crate::Result<MapEntries> {
-    if base.is_none() && staged.is_empty() && *visibility == Visibility::Off {
+    if base.is_none() && staged.is_empty() && *visibility == Visibility::Off && dns.port == 0 {
         return Ok(none());
     }
     let set = effective_set(base, staged)?;
@@ -285,8 +369,9 @@ pub fn compile(
         name: inv.node_name.clone(),
         labels: inv.node_labels.clone(),
     });
-    let mut compiled = CompiledPolicy::compile(&set, &inputs, node.as_ref());
+    let mut compiled = CompiledPolicy::compile_with_fqdns(&set, &inputs, node.as_ref(), &dns.fqdns);
     compiled.set_proxy_port(proxy_port);
+    compiled.set_dns_proxy_port(dns.port);
     for w in compiled.warnings() {
         tracing::warn!("{w}");
     }
@@ -307,6 +392,10 @@ pub fn compile(
     let visible = add_visibility(&mut policy, &mut subjects, inv, visibility, proxy_port);
     if visible > 0 {
         tracing::info!("HTTP visibility: {visible} proxy entries");
+    }
+    let visible = add_dns_visibility(&mut policy, &mut subjects, inv, dns.port);
+    if visible > 0 {
+        tracing::debug!("DNS visibility: {visible} proxy entries");
     }
     Ok(MapEntries {
         policy,

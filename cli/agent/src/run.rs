@@ -12,11 +12,12 @@ use cnpilot_proxy::event::{L7Event, L7Verdict};
 use tokio::sync::mpsc;
 
 use crate::error::Context;
+use crate::fqdn::FqdnCache;
 use crate::inventory::{self, Inventory};
 use crate::maps::{attach_host, attach_pod, churn, program_maps, reprogram_policy};
 use crate::socket::{self, Hub, ReloadRequest};
 use crate::store::{StoreSummary, StoreThread};
-use crate::{events, l7, ns_id, policy, store, AgentConfig, Notice, StagedSet};
+use crate::{dns, events, l7, ns_id, policy, store, AgentConfig, Notice, StagedSet};
 
 /// How often the agent reads its inventory again (pod churn is picked up
 /// within this plus the time to attach: well under the 2 s a new pod may
@@ -26,22 +27,25 @@ const INVENTORY_REFRESH: Duration = Duration::from_millis(500);
 /// A started agent: attached, maps programmed, proxy listening, socket
 /// bound. [`Agent::run`] streams its events until told to stop.
 pub struct Agent {
-    config: AgentConfig,
-    _instance: crate::instance::Instance,
-    source: Box<dyn InventorySource>,
-    snapshot: InventorySnapshot,
-    identities: IdentityAllocator,
-    inv: Inventory,
-    dp: Datapath,
-    reader: EventReader,
-    slot: Arc<l7::PolicySlot>,
-    ns_of_identity: l7::NamespaceOfIdentity,
-    http_events: Option<mpsc::Receiver<L7Event>>,
-    hub: Arc<Hub>,
-    reloads: mpsc::Receiver<ReloadRequest>,
-    sink: Option<StoreThread>,
-    cx: events::LineContext,
-    started: Started,
+    pub(crate) config: AgentConfig,
+    pub(crate) _instance: crate::instance::Instance,
+    pub(crate) source: Box<dyn InventorySource>,
+    pub(crate) snapshot: InventorySnapshot,
+    pub(crate) identities: IdentityAllocator,
+    pub(crate) inv: Inventory,
+    pub(crate) dp: Datapath,
+    pub(crate) reader: EventReader,
+    pub(crate) slot: Arc<l7::PolicySlot>,
+    pub(crate) ns_of_identity: l7::NamespaceOfIdentity,
+    pub(crate) http_events: Option<mpsc::Receiver<L7Event>>,
+    pub(crate) dns_events: Option<mpsc::Receiver<cnpilot_proxy::dns::DnsEvent>>,
+    pub(crate) dns_learned: Option<mpsc::Receiver<cnpilot_proxy::dns::LearnRequest>>,
+    pub(crate) fqdns: FqdnCache,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) reloads: mpsc::Receiver<ReloadRequest>,
+    pub(crate) sink: Option<StoreThread>,
+    pub(crate) cx: events::LineContext,
+    pub(crate) started: Started,
 }
 
 /// What [`Agent::start`] did.
@@ -113,7 +117,8 @@ impl Agent {
                 dir: ns.dir.clone(),
             });
         }
-        let entries = compile(&config, &staged, &inv)?;
+        let fqdns = FqdnCache::default();
+        let entries = compile(&config, &staged, &inv, &fqdns)?;
 
         store::fresh_event_ring(&config.pin_dir);
         let mut dp =
@@ -137,6 +142,20 @@ impl Agent {
                     &config.pin_dir,
                     port,
                 )?)
+            }
+        };
+        let (dns_events, dns_learned) = match config.dns_proxy_port {
+            0 => (None, None),
+            port => {
+                l7::install_proxy_route(&inv.node_netns)?;
+                let ch = dns::start_dns_proxy(
+                    &inv,
+                    Arc::clone(&slot),
+                    Arc::clone(&ns_of_identity),
+                    &config.pin_dir,
+                    port,
+                )?;
+                (Some(ch.events), Some(ch.learned))
             }
         };
         if http_events.is_some() {
@@ -186,6 +205,9 @@ impl Agent {
             slot,
             ns_of_identity,
             http_events,
+            dns_events,
+            dns_learned,
+            fqdns,
             hub,
             reloads,
             sink,
@@ -271,7 +293,29 @@ impl Agent {
                         drops += u64::from(dropped);
                         self.on_http(&ev, dropped, options.drops_only, out)?;
                     }
-                    _ = refresh.tick() => self.refresh()?,
+                    Some(ev) = async {
+                        match self.dns_events.as_mut() {
+                            Some(rx) => rx.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        seen += 1;
+                        let dropped = dns::is_drop(&ev);
+                        drops += u64::from(dropped);
+                        self.on_dns(ev, dropped, options.drops_only, out)?;
+                    }
+                    Some(request) = async {
+                        match self.dns_learned.as_mut() {
+                            Some(rx) => rx.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => self.on_learned(request),
+                    _ = refresh.tick() => {
+                        self.refresh()?;
+                        if self.fqdns.expire(Instant::now()) {
+                            self.recompile("DNS names expired");
+                        }
+                    }
                     Some(request) = self.reloads.recv() => self.reload(request),
                     _ = tick.tick() => {
                         self.publish_modes();
@@ -395,7 +439,7 @@ impl Agent {
             return Ok(());
         }
         let staged = staged_now(&self.config)?;
-        let entries = compile(&self.config, &staged, &new_inv)?;
+        let entries = compile(&self.config, &staged, &new_inv, &self.fqdns)?;
         churn(
             &mut self.dp,
             &self.config.pin_dir,
@@ -442,7 +486,7 @@ impl Agent {
     fn reload(&mut self, request: ReloadRequest) {
         let result = staged_now(&self.config)
             .and_then(|staged| {
-                let entries = compile(&self.config, &staged, &self.inv)?;
+                let entries = compile(&self.config, &staged, &self.inv, &self.fqdns)?;
                 reprogram_policy(&mut self.dp, &self.inv, &entries)?;
                 self.slot.replace(Arc::clone(&entries.compiled));
                 Ok(format!(
@@ -465,7 +509,7 @@ impl Agent {
     }
 }
 
-fn write_line(out: &mut Box<dyn Write + Send>, text: &str) -> crate::Result<()> {
+pub(crate) fn write_line(out: &mut Box<dyn Write + Send>, text: &str) -> crate::Result<()> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.write_all(b"\n"))
         .context("writing events")
@@ -483,7 +527,7 @@ fn modes_of(tables: &Tables, inv: &Inventory) -> Vec<(String, String)> {
         .collect()
 }
 
-fn staged_now(config: &AgentConfig) -> crate::Result<StagedSet> {
+pub(crate) fn staged_now(config: &AgentConfig) -> crate::Result<StagedSet> {
     match &config.staged {
         Some(source) => source
             .staged()
@@ -495,10 +539,11 @@ fn staged_now(config: &AgentConfig) -> crate::Result<StagedSet> {
     }
 }
 
-fn compile(
+pub(crate) fn compile(
     config: &AgentConfig,
     staged: &StagedSet,
     inv: &Inventory,
+    fqdns: &FqdnCache,
 ) -> crate::Result<policy::MapEntries> {
     policy::compile(
         config.policies.as_deref(),
@@ -506,11 +551,15 @@ fn compile(
         inv,
         config.proxy_port,
         &config.visibility,
+        &policy::DnsInput {
+            port: config.dns_proxy_port,
+            fqdns: fqdns.inputs(),
+        },
     )
 }
 
 /// "what: why: because", as the socket's one-line answer.
-fn error_chain(e: &crate::AgentError) -> String {
+pub(crate) fn error_chain(e: &crate::AgentError) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -35,6 +35,7 @@ use cnpilot_bpf::Tables;
 use cnpilot_learner::inventory::InventorySnapshot;
 use cnpilot_learner::{Direction, FlowRecord, FlowStore, Inventory, L7Protocol, Verdict, L7};
 
+use cnpilot_proxy::dns::DnsEvent;
 use cnpilot_proxy::event::{L7Event, L7Verdict};
 
 /// Segments are written at least this often, so `cnpilot learn` sees a
@@ -120,28 +121,58 @@ impl StoreSink {
         self.append(&[record])
     }
 
+    /// One query the DNS proxy saw: a UDP/53 record from the pod to the
+    /// server it asked, with the query, its rcode and what it resolved.
+    pub fn record_dns(&mut self, ev: &DnsEvent) -> crate::Result<()> {
+        let ts = unix_ns(ev.ts);
+        let (verdict, reason) = l7_verdict(ev.verdict, &ev.reason);
+        let record = FlowRecord {
+            window_start_ns: ts,
+            window_end_ns: ts,
+            node: self.node.clone(),
+            src: self.resolved(IpAddr::V4(*ev.src.ip()), ev.src_identity, ts),
+            dst: self.resolved(IpAddr::V4(*ev.server.ip()), ev.dst_identity, ts),
+            proto: 17,
+            dst_port: ev.server.port(),
+            direction: Direction::Egress,
+            verdict,
+            reason,
+            l7: Some(L7 {
+                protocol: L7Protocol::Dns,
+                method: (ev.qtype != 0).then(|| cnpilot_proxy::dns::qtype_name(ev.qtype)),
+                path: None,
+                query: None,
+                host: (!ev.qname.is_empty()).then(|| ev.qname.clone()),
+                status: ev.rcode.map(u32::from),
+                dns: (!ev.ips.is_empty()).then(|| cnpilot_learner::DnsAnswer {
+                    ips: ev.ips.clone(),
+                    ttl: ev.ttl,
+                }),
+            }),
+            packets: 0,
+            bytes: 0,
+            count: 1,
+        };
+        self.summary.l7_records += 1;
+        self.append(&[record])
+    }
+
+    /// A peer as the proxy identified it, named from the inventory now.
+    fn resolved(&self, ip: IpAddr, identity: u32, ts: i64) -> cnpilot_learner::Peer {
+        let r = self.inventory.resolve(ip, ts, Some(&self.node));
+        cnpilot_learner::Peer {
+            identity: if identity != 0 { identity } else { r.identity },
+            namespace: r.namespace,
+            workload: r.workload,
+            labels: r.labels,
+            ip: Some(ip),
+        }
+    }
+
     fn l7_record(&self, ev: &L7Event) -> FlowRecord {
-        let ts = ev
-            .ts
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let peer = |ip: IpAddr, identity: u32| {
-            let r = self.inventory.resolve(ip, ts, Some(&self.node));
-            cnpilot_learner::Peer {
-                identity: if identity != 0 { identity } else { r.identity },
-                namespace: r.namespace,
-                workload: r.workload,
-                labels: r.labels,
-                ip: Some(ip),
-            }
-        };
-        let (verdict, reason) = match ev.verdict {
-            L7Verdict::Allowed => (Verdict::Forwarded, String::new()),
-            L7Verdict::WouldDeny => (Verdict::L7WouldDeny, ev.reason.clone()),
-            L7Verdict::Denied => (Verdict::L7Denied, ev.reason.clone()),
-            L7Verdict::Unparseable => (Verdict::Forwarded, format!("unparseable: {}", ev.reason)),
-        };
+        let ts = unix_ns(ev.ts);
+        let peer = |ip: IpAddr, identity: u32| self.resolved(ip, identity, ts);
+        let (verdict, reason) = l7_verdict(ev.verdict, &ev.reason);
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         FlowRecord {
             window_start_ns: ts,
@@ -254,9 +285,25 @@ impl StoreSink {
 /// fsyncs or waits for a segment, the loop keeps draining the ring.
 const QUEUE_DEPTH: usize = 128;
 
+fn unix_ns(ts: SystemTime) -> i64 {
+    ts.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn l7_verdict(v: L7Verdict, reason: &str) -> (Verdict, String) {
+    match v {
+        L7Verdict::Allowed => (Verdict::Forwarded, String::new()),
+        L7Verdict::WouldDeny => (Verdict::L7WouldDeny, reason.to_string()),
+        L7Verdict::Denied => (Verdict::L7Denied, reason.to_string()),
+        L7Verdict::Unparseable => (Verdict::Forwarded, format!("unparseable: {reason}")),
+    }
+}
+
 enum Message {
     Events(Vec<FlowEvent>),
     L7(Box<L7Event>),
+    Dns(Box<DnsEvent>),
     /// The inventory changed: later events resolve against this one.
     Inventory(Box<InventorySnapshot>, String),
 }
@@ -283,6 +330,7 @@ impl StoreThread {
                     match message {
                         Message::Events(batch) => sink.record_events(&batch)?,
                         Message::L7(ev) => sink.record_l7(&ev)?,
+                        Message::Dns(ev) => sink.record_dns(&ev)?,
                         Message::Inventory(snapshot, node) => {
                             sink.inventory =
                                 Inventory::from_snapshot(&without_service_accounts(&snapshot));
@@ -317,6 +365,10 @@ impl StoreThread {
 
     pub fn record_l7(&mut self, ev: L7Event) -> crate::Result<()> {
         self.send(Message::L7(Box::new(ev)))
+    }
+
+    pub fn record_dns(&mut self, ev: DnsEvent) -> crate::Result<()> {
+        self.send(Message::Dns(Box::new(ev)))
     }
 
     /// Queued behind the events already sent: they resolve with the old one.

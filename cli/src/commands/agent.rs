@@ -69,6 +69,16 @@ pub struct AgentArgs {
     /// decided at L3/L4 only: their HTTP rules are not enforced).
     #[arg(long, default_value_t = cnpilot_agent::DEFAULT_PROXY_PORT)]
     pub proxy_port: u16,
+    /// UDP port of the transparent DNS proxy in the node namespace. Every
+    /// pod's queries to port 53 go through it: each query and answer is an
+    /// event (`"type":"dns"`: name, type, rcode, answered addresses, TTL),
+    /// `rules.dns` decides which names a pod may ask (REFUSED in enforce),
+    /// and answers teach `toFQDNs` which addresses a name stands for, for
+    /// the answer's TTL. 0 runs no DNS proxy: `rules.dns` is then allowed
+    /// at L4 only and `toFQDNs` allows nothing. DNS over TCP is not
+    /// proxied.
+    #[arg(long, default_value_t = cnpilot_agent::DEFAULT_DNS_PROXY_PORT)]
+    pub dns_proxy_port: u16,
     /// Size of the event ring buffer, in MiB (a power of two). 256 KiB
     /// overflowed at 300k events/s on a busy 2-core node; 16 MiB held
     /// 1M events/s into the flow store (`cnpilot bench ingest`). Events
@@ -223,6 +233,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         node_netns: node_netns.unwrap_or_else(|| PathBuf::from(cnpilot_agent::OWN_NETNS)),
         store: args.store.clone(),
         proxy_port: args.proxy_port,
+        dns_proxy_port: args.dns_proxy_port,
         ring_buffer_mib: args.ring_buffer_mib,
         visibility: args.http_visibility.clone().unwrap_or(match duration {
             Some(_) => Visibility::Auto(Vec::new()),

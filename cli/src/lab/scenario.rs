@@ -199,12 +199,20 @@ pub enum Target {
         address: Ipv4Addr,
         port: u16,
     },
+    /// A world host by its `name`, resolved through the lab's DNS
+    /// responder as a client outside the lab would.
+    Named {
+        name: String,
+        port: u16,
+    },
 }
 
 impl Target {
     pub fn parse(text: &str) -> Result<Target, String> {
         let (host, port) = text.rsplit_once(':').ok_or_else(|| {
-            format!("target `{text}`: expected WORKLOAD.NAMESPACE:PORT or ADDRESS:PORT")
+            format!(
+                "target `{text}`: expected WORKLOAD.NAMESPACE:PORT, a world host's NAME:PORT or ADDRESS:PORT"
+            )
         })?;
         let port: u16 = port
             .parse()
@@ -215,8 +223,8 @@ impl Target {
         if let Ok(address) = host.parse::<Ipv4Addr>() {
             return Ok(Target::World { address, port });
         }
-        let host = host.strip_suffix(".svc.cluster.local").unwrap_or(host);
-        match host.split_once('.') {
+        let short = host.strip_suffix(".svc.cluster.local").unwrap_or(host);
+        match short.split_once('.') {
             Some((workload, namespace)) if !workload.is_empty() && !namespace.contains('.') => {
                 Ok(Target::Workload {
                     namespace: namespace.to_string(),
@@ -224,8 +232,12 @@ impl Target {
                     port,
                 })
             }
+            Some(_) if host.split('.').all(|l| !l.is_empty()) => Ok(Target::Named {
+                name: host.to_ascii_lowercase(),
+                port,
+            }),
             _ => Err(format!(
-                "target `{text}`: expected WORKLOAD.NAMESPACE:PORT or ADDRESS:PORT"
+                "target `{text}`: expected WORKLOAD.NAMESPACE:PORT, a world host's NAME:PORT or ADDRESS:PORT"
             )),
         }
     }
@@ -275,6 +287,15 @@ impl Scenario {
             .find(|w| w.namespace == namespace && w.name == name)
     }
 
+    /// The world host a DNS name stands for (names are case-insensitive).
+    pub fn world_host_named(&self, name: &str) -> Option<&WorldHost> {
+        self.world.iter().find(|h| {
+            h.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+    }
+
     /// The server a client's target reaches, if the scenario defines it.
     pub fn server_for(&self, target: &Target, protocol: Option<Protocol>) -> Option<&Server> {
         let (servers, port) = match target {
@@ -287,6 +308,7 @@ impl Scenario {
                 &self.world.iter().find(|h| h.address == *address)?.servers,
                 *port,
             ),
+            Target::Named { name, port } => (&self.world_host_named(name)?.servers, *port),
         };
         servers
             .iter()
@@ -455,6 +477,9 @@ impl Scenario {
                 Target::World { address, .. } => {
                     format!("no world host {address} with a server on that port (see `world`)")
                 }
+                Target::Named { name, .. } => format!(
+                    "no world host named `{name}` with a server on that port (see `world`, `name:`)"
+                ),
             };
             (needle.clone(), format!("{who} -> {}: {what}", c.target))
         })?;
@@ -636,6 +661,14 @@ mod tests {
             Target::parse("198.19.0.10:443").unwrap(),
             Target::World { port: 443, .. }
         ));
+        assert_eq!(
+            Target::parse("API.Processor.example:443").unwrap(),
+            Target::Named {
+                name: "api.processor.example".into(),
+                port: 443
+            }
+        );
+        assert!(Target::parse("a..b:443").is_err());
         assert!(Target::parse("app:80").is_err());
         assert!(Target::parse("app.a:x").is_err());
     }

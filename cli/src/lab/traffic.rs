@@ -107,15 +107,15 @@ struct Resolver {
 
 impl Resolver {
     async fn resolve(&self, target: &Target) -> Result<SocketAddr, String> {
-        let (namespace, workload, port) = match target {
+        let (name, port) = match target {
             Target::World { address, port } => return Ok(SocketAddr::from((*address, *port))),
             Target::Workload {
                 namespace,
                 workload,
                 port,
-            } => (namespace, workload, *port),
+            } => (format!("{workload}.{namespace}.svc.cluster.local"), *port),
+            Target::Named { name, port } => (name.clone(), *port),
         };
-        let name = format!("{workload}.{namespace}.svc.cluster.local");
         let cached = self.cache.lock().ok().and_then(|c| {
             c.get(&name)
                 .filter(|(at, _)| at.elapsed() < Duration::from_secs(u64::from(dns::TTL_SECONDS)))
@@ -131,7 +131,19 @@ impl Resolver {
                 ips
             }
             // No DNS responder in the scenario: the lab's own table.
-            (None, None) => self.lab.workload_ips(namespace, workload),
+            (None, None) => match target {
+                Target::Workload {
+                    namespace,
+                    workload,
+                    ..
+                } => self.lab.workload_ips(namespace, workload),
+                _ => self
+                    .lab
+                    .scenario
+                    .world_host_named(&name)
+                    .map(|h| vec![h.address])
+                    .unwrap_or_default(),
+            },
         };
         let pick = ips
             .get(fastrand_index(ips.len()))
@@ -312,6 +324,7 @@ async fn call(
                     ..
                 } => format!("{workload}.{namespace}.svc.cluster.local"),
                 Target::World { address, .. } => address.to_string(),
+                Target::Named { name, .. } => name.clone(),
             };
             match addr {
                 SocketAddr::V4(a) => query(*a.ip(), &name).await.map(|_| "answered".to_string()),
