@@ -105,7 +105,14 @@ fn plan(case: &Case, file: &str) -> Plan {
         name: n.name.clone(),
         labels: n.labels.clone(),
     });
-    let compiled = CompiledPolicy::compile(&set, &ids, node.as_ref());
+    // World addresses the case says DNS answered for names: FQDN /32s in
+    // the ipcache, as the agent's DNS proxy would have put them.
+    let compiled = CompiledPolicy::compile_with_fqdns(
+        &set,
+        &ids,
+        node.as_ref(),
+        &cnpilot_recommender::cases::fqdn_inputs(case),
+    );
     let mut plan = Plan {
         compiled,
         pod_ids,

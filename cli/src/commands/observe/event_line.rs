@@ -10,7 +10,7 @@ use cnpilot_bpf::maps::verdict;
 use cnpilot_learner::{Direction, ReservedIdentity};
 use serde::Deserialize;
 
-use super::model::{Endpoint, Flow, Http, Kind, Verdict};
+use super::model::{Dns, Endpoint, Flow, Http, Kind, Verdict};
 
 #[derive(Debug, Deserialize)]
 struct RawLine {
@@ -30,6 +30,9 @@ struct RawLine {
     query: Option<String>,
     host: Option<String>,
     status: Option<u32>,
+    /// DNS lines: the query type and the answer's rcode by name.
+    qtype: Option<String>,
+    rcode: Option<String>,
     /// Only on `lost` lines.
     count: Option<u64>,
     /// An agent that cannot serve the request says why (not part of the
@@ -60,6 +63,15 @@ pub enum Line {
     AgentError(String),
 }
 
+/// The number of an rcode the agent writes by name (`NOERROR`, …).
+fn rcode_number(name: &str) -> Option<u32> {
+    ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| u32::try_from(i).ok())
+        .or_else(|| name.parse().ok())
+}
+
 /// Parse one line. The error is a short reason for the skipped-lines count.
 pub fn parse(text: &str) -> Result<Line, String> {
     let raw: RawLine = serde_json::from_str(text).map_err(|e| format!("not an event line: {e}"))?;
@@ -70,6 +82,7 @@ pub fn parse(text: &str) -> Result<Line, String> {
         // The agent wrote flow lines without `type` before it had others.
         None | Some("l3-l4") => Kind::L3L4,
         Some("http") => Kind::Http,
+        Some("dns") => Kind::Dns,
         Some("lost") => return Ok(Line::Lost(raw.count.unwrap_or(0))),
         Some(other) => return Ok(Line::Other(other.to_string())),
     };
@@ -79,6 +92,10 @@ pub fn parse(text: &str) -> Result<Line, String> {
         (Kind::Http, verdict::L7_WOULD_DENY_NAME) => Verdict::L7WouldDeny,
         (Kind::Http, verdict::L7_DENIED_NAME) => Verdict::L7Denied,
         (Kind::Http, verdict::L7_UNPARSEABLE_NAME) => Verdict::Unparseable,
+        (Kind::Dns, verdict::L7_ALLOWED_NAME) => Verdict::Forwarded,
+        (Kind::Dns, verdict::L7_WOULD_DENY_NAME) => Verdict::L7WouldDeny,
+        (Kind::Dns, verdict::L7_DENIED_NAME) => Verdict::L7Denied,
+        (Kind::Dns, verdict::L7_UNPARSEABLE_NAME) => Verdict::Unparseable,
         (_, verdict::FORWARDED_NAME) => Verdict::Forwarded,
         (_, verdict::WOULD_DROP_NAME) => Verdict::WouldDrop,
         (_, verdict::DROPPED_NAME) => Verdict::Dropped,
@@ -95,7 +112,7 @@ pub fn parse(text: &str) -> Result<Line, String> {
         // The proxy stamps HTTP lines with the wall clock; flow lines'
         // time_ns is the kernel's monotonic clock and says nothing about
         // when it happened.
-        None if kind == Kind::Http => raw.time_ns.and_then(|ns| i64::try_from(ns).ok()),
+        None if kind != Kind::L3L4 => raw.time_ns.and_then(|ns| i64::try_from(ns).ok()),
         None => None,
     };
     let proto = match raw.proto.as_deref() {
@@ -107,6 +124,8 @@ pub fn parse(text: &str) -> Result<Line, String> {
             .map_err(|_| format!("unknown proto `{n}`"))?,
         // The proxy speaks HTTP over TCP only.
         None if kind == Kind::Http => 6,
+        // The DNS proxy reads UDP only.
+        None if kind == Kind::Dns => 17,
         None => return Err("no proto".into()),
     };
     let direction = match raw.direction.as_deref() {
@@ -116,6 +135,12 @@ pub fn parse(text: &str) -> Result<Line, String> {
     };
     let src = endpoint(raw.src.ok_or("no src")?);
     let dst = endpoint(raw.dst.ok_or("no dst")?);
+    let direction = direction.or((kind == Kind::Dns).then_some(Direction::Egress));
+    let dns = (kind == Kind::Dns).then(|| Dns {
+        query: raw.query.clone().unwrap_or_default(),
+        qtypes: raw.qtype.clone().into_iter().collect(),
+        rcode: raw.rcode.as_deref().and_then(rcode_number),
+    });
     let http = (kind == Kind::Http).then(|| Http {
         method: raw.method.unwrap_or_default(),
         path: raw.path.unwrap_or_default(),
@@ -134,7 +159,7 @@ pub fn parse(text: &str) -> Result<Line, String> {
         dst,
         node: raw.node.filter(|n| !n.is_empty()),
         http,
-        dns: None,
+        dns,
         count: 1,
     })))
 }
@@ -203,6 +228,21 @@ mod tests {
         assert_eq!(f.time_ns, Some(1_796_418_000_123_456_789));
         assert_eq!(f.verdict, Verdict::L7Denied);
         assert_eq!(f.http.as_ref().map(|h| h.status), Some(Some(403)));
+    }
+
+    #[test]
+    fn the_agents_dns_line_reads_as_a_dns_flow() {
+        let f = flow(
+            r#"{"type":"dns","time":"2026-12-07T06:00:00Z","time_ns":1,"verdict":"l7-denied","query":"intake.datadoghq.example","qtype":"A","rcode":"REFUSED","answers":[],"ttl":0,"src":{"ip":"198.18.8.10","port":40000,"identity":301,"name":"payments/payments-api"},"dst":{"ip":"198.18.1.10","port":53,"identity":310,"name":"kube-system/kube-dns"},"reason":"no dns rule matches","node":"cnp-node"}"#,
+        );
+        assert_eq!(f.kind, Kind::Dns);
+        assert_eq!(f.verdict, Verdict::L7Denied);
+        assert_eq!(f.proto, 17);
+        assert_eq!(f.direction, Some(Direction::Egress));
+        let dns = f.dns.unwrap();
+        assert_eq!(dns.query, "intake.datadoghq.example");
+        assert_eq!(dns.qtypes, vec!["A".to_string()]);
+        assert_eq!(dns.rcode, Some(5));
     }
 
     #[test]
