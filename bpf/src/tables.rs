@@ -45,6 +45,18 @@ pub struct IpcacheEntry {
     pub value: IpcacheValue,
 }
 
+/// The host's side of the host <-> local pod path ([`Tables::set_host_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPath {
+    /// The host's identity (`identity::HOST`).
+    pub identity: u32,
+    /// The node's `ns_mode` key: its mode decides whether the host's
+    /// denials drop.
+    pub ns_id: u32,
+    /// The node's address: a pod's peer with it is the host.
+    pub addr: Ipv4Addr,
+}
+
 pub struct Tables {
     ipcache: LpmTrie<MapData, u32, IpcacheValue>,
     endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
@@ -145,6 +157,26 @@ impl Tables {
         self.endpoints
             .insert(EndpointKey { ifindex }, value, 0)
             .map_err(DatapathError::map(names::ENDPOINTS))
+    }
+
+    /// The host firewall's entry for the host <-> local pod path (the
+    /// reserved key [`ENDPOINT_HOST_KEY`]): the node's identity, `ns_mode`
+    /// key and address, so the pods' veths judge connections with the node's
+    /// address by the host's policy too. `None` removes it (host firewall
+    /// off: only the pods' policies judge them).
+    pub fn set_host_path(&mut self, host: Option<HostPath>) -> Result<(), DatapathError> {
+        match host {
+            Some(h) => self.upsert_endpoint(
+                ENDPOINT_HOST_KEY,
+                EndpointValue {
+                    identity: h.identity,
+                    ns_id: h.ns_id,
+                    addr: u32::from(h.addr).to_be(),
+                    flags: ENDPOINT_F_HOST,
+                },
+            ),
+            None => self.remove_endpoint(ENDPOINT_HOST_KEY),
+        }
     }
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
