@@ -181,7 +181,8 @@ impl Tables {
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         match self.endpoints.remove(&EndpointKey { ifindex }) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if no_such_key(&e) => Ok(()),
             Err(e) => Err(DatapathError::map(names::ENDPOINTS)(e)),
         }
     }
@@ -276,6 +277,17 @@ impl Tables {
     }
 }
 
+/// Whether a removal failed only because the key was not there: aya
+/// reports a hash map's delete of a missing key as the syscall's ENOENT,
+/// not as `KeyNotFound` (which only its lookups return).
+fn no_such_key(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn flush<V: aya::Pod>(
     map: &mut HashMap<MapData, FlowKey, V>,
     name: &'static str,
@@ -283,7 +295,8 @@ fn flush<V: aya::Pod>(
     let keys: Vec<FlowKey> = map.keys().filter_map(Result::ok).collect();
     for k in keys {
         match map.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if no_such_key(&e) => {}
             Err(e) => return Err(DatapathError::map(name)(e)),
         }
     }
@@ -311,7 +324,8 @@ where
         .collect();
     for k in stale {
         match map.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if no_such_key(&e) => {}
             Err(e) => return Err(DatapathError::map(name)(e)),
         }
     }
