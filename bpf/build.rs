@@ -16,6 +16,7 @@ fn main() {
         "ringbench.bpf.c",
         "cnpilot.h",
         "parse.h",
+        "hostpath.h",
         "layout.c",
     ] {
         println!("cargo:rerun-if-changed={}", c_dir.join(f).display());

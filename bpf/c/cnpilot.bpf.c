@@ -419,6 +419,9 @@ static __always_inline struct ipcache_value *resolve(struct packet *p, __u8 dir,
 	return far;
 }
 
+/* host <-> local pod: the host's policy at the pod's veth */
+#include "hostpath.h"
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct packet p;
@@ -440,7 +443,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct ns_mode_value *mv = bpf_map_lookup_elem(&cnp_ns_mode, &ns_id);
 	if (mv)
 		mode = mv->mode;
-	if (mode == CNP_MODE_OFF)
+	if (mode == CNP_MODE_OFF && !hostpath_in_off_ns(ep, &p, dir, skb->mark))
 		return TC_ACT_OK;
 
 	__u64 now = bpf_ktime_get_ns();
@@ -476,6 +479,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 proxied_for = dir == CNP_DIR_INGRESS ? proxy_mark_identity(skb->mark) : 0;
 	__u32 peer, src_id, dst_id;
 
+	/* --- host <-> local pod (hostpath.h): the host's denial, its mode --- */
+	if (ct && (ct->reason & (CNP_REASON_F_HOST | CNP_REASON_F_HOST_TOO)))
+		hostpath_ct_mode(ep, &p, dir, ct->reason, &mode, &ns_id);
+	/* --- */
+
 	if (ct) {
 		__u8 v = ct->verdict;
 		if (v == CNP_VERDICT_WOULD_DROP || v == CNP_VERDICT_DROPPED) {
@@ -504,6 +512,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	struct decision d = {};
 	evaluate(ep->identity, dir, peer, &p, &d);
+	/* --- host <-> local pod (hostpath.h): the host's policy too --- */
+	if (peer == CNP_ID_HOST)
+		hostpath_judge(ep, dir, &p, &d, &mode, &ns_id);
+	/* --- */
 	__u16 proxy_port = d.redirect ? d.proxy_port : 0;
 	/* Visibility only records: at the server's veth a connection that did
 	 * not come through the proxy is let through, not dropped as a bypass. */

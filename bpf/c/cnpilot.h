@@ -65,6 +65,12 @@
 #define CNP_REASON_DEFAULT_DENY 1 /* subject selected in this direction, no allow matched */
 #define CNP_REASON_DENY_RULE 2    /* an explicit deny entry matched */
 #define CNP_REASON_PROXY_BYPASSED 3 /* L7 rules apply but the connection did not come through the proxy */
+/* A connection between the host and a local pod is judged at the pod's veth
+ * by both sides' policies (hostpath.h); the high bits of its reason say
+ * whose denial it is. The low bits stay a CNP_REASON_*. */
+#define CNP_REASON_CODE_MASK 0x3F
+#define CNP_REASON_F_HOST 0x80 /* the host's policy denied it (reason, rule: the host's), the pod's allowed it */
+#define CNP_REASON_F_HOST_TOO 0x40 /* the pod's policy denied it (reason, rule: the pod's), and the host's too */
 
 /* ipcache: LPM trie, address/prefix -> identity. The key must be a struct
  * whose first member is the prefix length, or map creation fails. */
@@ -94,6 +100,11 @@ struct endpoint_value {
  * host, `addr` its address, and only packets to or from that address are
  * the host's (forwarded pod traffic is judged at the pods' veths). */
 #define CNP_ENDPOINT_F_HOST 1
+/* The reserved key ifindex 0 (no interface has it) holds the host's entry
+ * (identity, ns_mode key, the node's address, CNP_ENDPOINT_F_HOST) while
+ * the host firewall is on: the pods' veths judge host <-> pod connections by
+ * the host's policy too (hostpath.h). Absent: the host firewall is off. */
+#define CNP_ENDPOINT_HOST_KEY 0
 
 /* ns_mode: namespace id -> CNP_MODE_*. Flipping a namespace is one update. */
 struct ns_mode_value {

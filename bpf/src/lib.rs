@@ -24,4 +24,4 @@ pub use loader::{
     Datapath, DEFAULT_PIN_DIR,
 };
 pub use maps::Mode;
-pub use tables::{IpcacheEntry, Tables};
+pub use tables::{HostPath, IpcacheEntry, Tables};

@@ -80,11 +80,44 @@ pub mod reason {
     /// L7 rules apply but the connection did not come through the proxy
     /// (no proxy listening): dropped in enforce, fail closed.
     pub const PROXY_BYPASSED: u8 = 3;
+    /// The low bits of a reason: one of the codes above.
+    pub const CODE_MASK: u8 = 0x3F;
+    /// A host <-> local pod connection the host's policy denied and the
+    /// pod's allowed: reason and rule are the host's (`hostpath.h`).
+    pub const F_HOST: u8 = 0x80;
+    /// A host <-> local pod connection the pod's policy denied (reason and
+    /// rule are the pod's) and the host's policy too.
+    pub const F_HOST_TOO: u8 = 0x40;
+
+    /// The reason code without the host bits.
+    pub const fn code(r: u8) -> u8 {
+        r & CODE_MASK
+    }
+
+    /// The one spelling of a reason (events, flow records). The host's own
+    /// denial of a host <-> local pod connection ([`F_HOST`]: the rule is
+    /// the host's) is named as such; [`F_HOST_TOO`] leaves the pod's
+    /// reason, which the rule is, as it is.
+    pub const fn name(r: u8) -> &'static str {
+        let host = r & F_HOST != 0;
+        match (code(r), host) {
+            (NONE, _) => "",
+            (DEFAULT_DENY, false) => "default-deny",
+            (DEFAULT_DENY, true) => "host-default-deny",
+            (DENY_RULE, false) => "deny-rule",
+            (DENY_RULE, true) => "host-deny-rule",
+            (PROXY_BYPASSED, _) => "proxy-bypassed",
+            _ => "unknown",
+        }
+    }
 }
 
 pub const IPCACHE_F_LOCAL_ENDPOINT: u32 = 1;
 /// `EndpointValue::flags`: the node's own device (host firewall); see `cnpilot.h`.
 pub const ENDPOINT_F_HOST: u32 = 1;
+/// The reserved `cnp_endpoints` key of the host's entry for the host <->
+/// local pod path (no interface has index 0); see `cnpilot.h`.
+pub const ENDPOINT_HOST_KEY: u32 = 0;
 pub const SUBJECT_F_DEFAULT_DENY: u32 = 1;
 
 /// `skb->mark` values of the L7 redirect (see `cnpilot.h`).
@@ -369,6 +402,28 @@ mod tests {
         for (t, (total, fields)) in by_type {
             assert_eq!(total, fields, "struct {t} has implicit padding");
         }
+    }
+
+    #[test]
+    fn host_bits_name_the_host_side_and_keep_the_code() {
+        assert_eq!(reason::name(reason::DEFAULT_DENY), "default-deny");
+        assert_eq!(
+            reason::name(reason::DEFAULT_DENY | reason::F_HOST),
+            "host-default-deny"
+        );
+        assert_eq!(
+            reason::name(reason::DENY_RULE | reason::F_HOST),
+            "host-deny-rule"
+        );
+        assert_eq!(
+            reason::name(reason::DENY_RULE | reason::F_HOST_TOO),
+            "deny-rule"
+        );
+        assert_eq!(
+            reason::code(reason::DEFAULT_DENY | reason::F_HOST),
+            reason::DEFAULT_DENY
+        );
+        assert_eq!(reason::name(9), "unknown");
     }
 
     #[test]

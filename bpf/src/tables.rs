@@ -45,6 +45,18 @@ pub struct IpcacheEntry {
     pub value: IpcacheValue,
 }
 
+/// The host's side of the host <-> local pod path ([`Tables::set_host_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPath {
+    /// The host's identity (`identity::HOST`).
+    pub identity: u32,
+    /// The node's `ns_mode` key: its mode decides whether the host's
+    /// denials drop.
+    pub ns_id: u32,
+    /// The node's address: a pod's peer with it is the host.
+    pub addr: Ipv4Addr,
+}
+
 pub struct Tables {
     ipcache: LpmTrie<MapData, u32, IpcacheValue>,
     endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
@@ -147,9 +159,30 @@ impl Tables {
             .map_err(DatapathError::map(names::ENDPOINTS))
     }
 
+    /// The host firewall's entry for the host <-> local pod path (the
+    /// reserved key [`ENDPOINT_HOST_KEY`]): the node's identity, `ns_mode`
+    /// key and address, so the pods' veths judge connections with the node's
+    /// address by the host's policy too. `None` removes it (host firewall
+    /// off: only the pods' policies judge them).
+    pub fn set_host_path(&mut self, host: Option<HostPath>) -> Result<(), DatapathError> {
+        match host {
+            Some(h) => self.upsert_endpoint(
+                ENDPOINT_HOST_KEY,
+                EndpointValue {
+                    identity: h.identity,
+                    ns_id: h.ns_id,
+                    addr: u32::from(h.addr).to_be(),
+                    flags: ENDPOINT_F_HOST,
+                },
+            ),
+            None => self.remove_endpoint(ENDPOINT_HOST_KEY),
+        }
+    }
+
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         match self.endpoints.remove(&EndpointKey { ifindex }) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if no_such_key(&e) => Ok(()),
             Err(e) => Err(DatapathError::map(names::ENDPOINTS)(e)),
         }
     }
@@ -244,6 +277,17 @@ impl Tables {
     }
 }
 
+/// Whether a removal failed only because the key was not there: aya
+/// reports a hash map's delete of a missing key as the syscall's ENOENT,
+/// not as `KeyNotFound` (which only its lookups return).
+fn no_such_key(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn flush<V: aya::Pod>(
     map: &mut HashMap<MapData, FlowKey, V>,
     name: &'static str,
@@ -251,7 +295,8 @@ fn flush<V: aya::Pod>(
     let keys: Vec<FlowKey> = map.keys().filter_map(Result::ok).collect();
     for k in keys {
         match map.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if no_such_key(&e) => {}
             Err(e) => return Err(DatapathError::map(name)(e)),
         }
     }
@@ -279,7 +324,8 @@ where
         .collect();
     for k in stale {
         match map.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if no_such_key(&e) => {}
             Err(e) => return Err(DatapathError::map(name)(e)),
         }
     }

@@ -280,9 +280,11 @@ impl FlowRecord {
             // its own L7 verdicts.
             _ => Verdict::Forwarded,
         };
-        let reason = match event.reason {
-            cnpilot_bpf::maps::reason::DEFAULT_DENY => "default-deny",
-            cnpilot_bpf::maps::reason::DENY_RULE => "deny-rule",
+        // Only denials have a reason here (proxy-bypassed is the proxy's).
+        let reason = match cnpilot_bpf::maps::reason::code(event.reason) {
+            cnpilot_bpf::maps::reason::DEFAULT_DENY | cnpilot_bpf::maps::reason::DENY_RULE => {
+                cnpilot_bpf::maps::reason::name(event.reason)
+            }
             _ => "",
         };
         FlowRecord {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use cnpilot_bpf::maps::{identity, reason, Direction, EndpointValue, IpcacheValue};
 use cnpilot_bpf::maps::{ENDPOINT_F_HOST, IPCACHE_F_LOCAL_ENDPOINT};
 use cnpilot_bpf::testing::privileged_tests_enabled;
-use cnpilot_bpf::{netns, Datapath, IpcacheEntry, Mode};
+use cnpilot_bpf::{netns, Datapath, HostPath, IpcacheEntry, Mode};
 use cnpilot_recommender::cases::{load_case_paths, run_case, Case, FlowProto, FlowSpec};
 use cnpilot_recommender::model::load_str_at;
 use cnpilot_recommender::{CompiledPolicy, IdentityInput, NodeInput, Verdict};
@@ -191,7 +191,9 @@ fn resolve(
         }
         return match case.nodes.iter().position(|x| &x.name == n) {
             Some(0) => Ok(End::Host),
-            _ => Err("a remote node's own host firewall (judged on that node, not this one)"),
+            // Its host's policy runs on that node's pods' veths and devices:
+            // nothing on this node judges it.
+            _ => Err("the subject is another node's host: judged on the other node"),
         };
     }
     if entity.as_deref() == Some("host") {
@@ -259,6 +261,14 @@ fn run_in_lab(file: &str, case: &Case) -> Vec<(String, Outcome)> {
     }
     let t = dp.tables_mut();
     t.set_mode(HOST_MODE_KEY, Mode::Enforce).unwrap();
+    // The host firewall is on: host <-> local pod flows are judged at the
+    // pod's veth by the host's policy too.
+    t.set_host_path(Some(HostPath {
+        identity: identity::HOST,
+        ns_id: HOST_MODE_KEY,
+        addr: GATEWAY,
+    }))
+    .unwrap();
     t.replace_policy(plan.compiled.policy_entries()).unwrap();
     t.replace_subjects(plan.compiled.subject_entries()).unwrap();
     let pinned = |addr, identity| IpcacheEntry {
@@ -342,15 +352,6 @@ fn send_flow(
     if client == server {
         return Outcome::Skipped("a pod to itself never crosses its veth");
     }
-    let host_selected = |dir| !plan.compiled.selected_by(identity::HOST, dir).is_empty();
-    if pod_on_path
-        && ((client == End::Host && host_selected(Direction::Egress))
-            || (server == End::Host && host_selected(Direction::Ingress)))
-    {
-        return Outcome::Skipped(
-            "host <-> local pod: the host's own policy is not applied on that path (README: host firewall)",
-        );
-    }
     let port = flow.port.unwrap_or(0);
     let (from, to) = (addr_of(plan, client), addr_of(plan, server));
     let client_ns = lab.netns_of(client);
@@ -400,8 +401,13 @@ fn send_flow(
             let verdict = ["forwarded", "would-drop", "dropped", "redirected"]
                 .get(usize::from(c.verdict))
                 .unwrap_or(&"?");
-            let why = match c.reason {
-                reason::DEFAULT_DENY => "default deny".to_string(),
+            let whose = if c.reason & reason::F_HOST != 0 {
+                "the host's "
+            } else {
+                ""
+            };
+            let why = match reason::code(c.reason) {
+                reason::DEFAULT_DENY => format!("{whose}default deny"),
                 // 0 is both "no rule decided" and the allow-localhost rule.
                 _ if c.rule_id == 0 => "no rule, or allow-localhost".to_string(),
                 _ => plan

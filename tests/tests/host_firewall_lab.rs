@@ -160,6 +160,164 @@ fn the_node_is_observed_then_enforced_by_its_ccnp_and_pods_are_unaffected() {
     assert!(connects(&node_ns, OTHER_WORLD, 443, quick));
 }
 
+/// The test's own host ingress (the article's host policy has none): the
+/// node admits tenant-a's worker on `HOST_OPEN` only. The worker's own
+/// egress allows the host, so only the host's side can deny it.
+const HOST_INGRESS: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: host-ingress-lab
+spec:
+  nodeSelector: {}
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        io.kubernetes.pod.namespace: tenant-a
+        app: worker
+    toPorts:
+    - ports:
+      - port: "7101"
+        protocol: TCP
+"#;
+const WORKER_TO_HOST: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: worker-to-node
+  namespace: tenant-a
+spec:
+  endpointSelector:
+    matchLabels:
+      app: worker
+  egress:
+  - toEntities:
+    - host
+"#;
+const HOST_OPEN: u16 = 7101;
+const HOST_CLOSED: u16 = 7102;
+
+fn pod<'a>(state: &'a Value, namespace: &str, workload: &str) -> &'a Value {
+    state["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == namespace && p["workload"] == workload)
+        .unwrap_or_else(|| panic!("no {namespace}/{workload} in the lab"))
+}
+
+/// A connection between the node and a pod on it crosses no node device:
+/// the pod's veth judges it by the host's policy too (Cilium: host egress
+/// before the pod's ingress, the pod's egress before the host's ingress),
+/// under the node's own mode.
+#[test]
+fn host_and_local_pod_connections_are_judged_by_the_hosts_policy_under_the_nodes_mode() {
+    let Some((lab, work)) = seed_lab("host_firewall_lab (host <-> local pod)") else {
+        return;
+    };
+    let policies = work.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    lab_policies(&policies);
+    std::fs::write(policies.join("host-ingress-lab.yaml"), HOST_INGRESS).unwrap();
+    std::fs::write(policies.join("worker-to-node.yaml"), WORKER_TO_HOST).unwrap();
+    let agent = SeedAgent::start_with(
+        &lab,
+        work.path(),
+        Some(&policies),
+        "audit",
+        &["--host-firewall", "auto"],
+    );
+    let state = lab.state();
+    let node_ns = state["node"]["netns"].as_str().unwrap().to_string();
+    let node = state["node"]["name"].as_str().unwrap().to_string();
+    let node_ip = state["node"]["ip"].as_str().unwrap().to_string();
+    let app_ip = pod(&state, "tenant-a", "app")["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let worker_ns = pod(&state, "tenant-a", "worker")["netns"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Listeners on the node for the worker to reach (the handshake
+    // completes in the kernel's backlog: nothing needs to accept).
+    let _listeners: Vec<std::net::TcpListener> = [HOST_OPEN, HOST_CLOSED]
+        .into_iter()
+        .map(|port| {
+            cnpilot_bpf::netns::run_in(&cnpilot_bpf::netns::named(&node_ns), || {
+                std::net::TcpListener::bind(("0.0.0.0", port))
+            })
+            .unwrap()
+            .unwrap()
+        })
+        .collect();
+    let pin = agent.pin();
+    let mode = |m: &str| {
+        let out = lab.cnpilot(&["mode", "--node", &node, m, "--pin-dir", pin]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let quick = Duration::from_secs(2);
+    let host_to_app = |ev: &Value, verdict: &str| {
+        ev["src"]["identity"] == 1
+            && ev["dst"]["ip"] == app_ip.as_str()
+            && ev["dst"]["port"] == 8080
+            && ev["verdict"] == verdict
+    };
+    let worker_to_host = |ev: &Value, port: u16, verdict: &str| {
+        ev["dst"]["identity"] == 1
+            && ev["dst"]["ip"] == node_ip.as_str()
+            && ev["dst"]["port"] == port
+            && ev["src"]["name"] == "tenant-a/worker"
+            && ev["verdict"] == verdict
+    };
+
+    // Audit (the node starts there): the host's egress allows no pod port,
+    // its ingress only HOST_OPEN; both pass, the host's denials as
+    // would-drops named as the host's.
+    assert!(connects(&node_ns, &app_ip, 8080, quick));
+    let would = wait_event(&agent, "host -> tenant-a/app would-drop", |e| {
+        host_to_app(e, "would-drop")
+    });
+    assert_eq!(would["reason"], "host-default-deny", "{would}");
+    assert!(connects(&worker_ns, &node_ip, HOST_CLOSED, quick));
+    let would = wait_event(&agent, "worker -> host (closed port) would-drop", |e| {
+        worker_to_host(e, HOST_CLOSED, "would-drop")
+    });
+    assert_eq!(would["reason"], "host-default-deny", "{would}");
+    assert!(connects(&worker_ns, &node_ip, HOST_OPEN, quick));
+    wait_event(&agent, "worker -> host (open port) forwarded", |e| {
+        worker_to_host(e, HOST_OPEN, "forwarded")
+    });
+
+    // The node enforces; tenant-a stays in audit.
+    assert!(mode("enforce").contains("audit -> enforce"));
+    assert!(
+        !connects(&node_ns, &app_ip, 8080, quick),
+        "the host's egress allows no tenant-a port"
+    );
+    wait_event(&agent, "host -> tenant-a/app dropped", |e| {
+        host_to_app(e, "dropped")
+    });
+    assert!(
+        !connects(&worker_ns, &node_ip, HOST_CLOSED, quick),
+        "the host's ingress does not admit this port"
+    );
+    wait_event(&agent, "worker -> host (closed port) dropped", |e| {
+        worker_to_host(e, HOST_CLOSED, "dropped")
+    });
+    assert!(
+        connects(&worker_ns, &node_ip, HOST_OPEN, quick),
+        "the host's ingress admits the worker here"
+    );
+    assert!(
+        connects(&worker_ns, &app_ip, 8080, quick),
+        "pod to pod is not the host's"
+    );
+
+    // Back to audit: the node's own mode lets it through again.
+    assert!(mode("audit").contains("enforce -> audit"));
+    assert!(connects(&node_ns, &app_ip, 8080, quick));
+}
+
 /// Host flows are flow records with identity `host`: recorded with the
 /// host firewall on, the seed lab's hostNetwork agent's traffic to the
 /// intake becomes a proposed host policy (a CCNP with `nodeSelector`) that

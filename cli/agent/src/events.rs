@@ -91,13 +91,7 @@ fn peer(inv: &Inventory, ip: Ipv4Addr, port: u16, identity: u32) -> Peer {
 }
 
 pub fn reason_name(r: u8) -> &'static str {
-    match r {
-        reason::NONE => "",
-        reason::DEFAULT_DENY => "default-deny",
-        reason::DENY_RULE => "deny-rule",
-        reason::PROXY_BYPASSED => "proxy-bypassed",
-        _ => "unknown",
-    }
+    reason::name(r)
 }
 
 pub fn proto_name(p: u8) -> String {

@@ -5,7 +5,7 @@ use crate::error::Context;
 use cnpilot_bpf::maps::{
     identity, EndpointValue, IpcacheValue, ENDPOINT_F_HOST, IPCACHE_F_LOCAL_ENDPOINT,
 };
-use cnpilot_bpf::{Datapath, IpcacheEntry, Mode};
+use cnpilot_bpf::{Datapath, HostPath, IpcacheEntry, Mode};
 
 use crate::{inventory, ns_id, policy, Notice};
 
@@ -202,5 +202,14 @@ pub(crate) fn reprogram_policy(
     t.replace_policy(entries.policy.iter().copied())?;
     t.set_ipcache(&all)?;
     t.replace_subjects(entries.subjects.iter().copied())?;
+    // Last, so the host's rules are in place before the pods' veths judge
+    // host <-> pod connections by them; removed when the host firewall is
+    // off (only the pods' policies judge those then).
+    let host_path = (!inv.host_devices.is_empty()).then(|| HostPath {
+        identity: identity::HOST,
+        ns_id: crate::host::host_mode_id(&inv.node_name),
+        addr: inv.node_ip,
+    });
+    t.set_host_path(host_path)?;
     Ok(())
 }

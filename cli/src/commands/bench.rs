@@ -39,8 +39,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         samples: usize,
         /// Only these rows (comma-separated ids: none, audit, enforce,
-        /// enforce-10k-policy, enforce-10k-ipcache, iptables-10,
-        /// iptables-10k, nft-10k); the baseline and the rows they are
+        /// enforce-hostfw, enforce-10k-policy, enforce-10k-ipcache,
+        /// iptables-10, iptables-10k, nft-10k); the baseline and the rows they are
         /// compared to come along.
         #[arg(long, value_delimiter = ',')]
         rows: Vec<String>,

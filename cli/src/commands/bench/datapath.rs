@@ -124,6 +124,7 @@ struct Rig<'a> {
     policy_entries: usize,
     ipcache_prefixes: usize,
     mode: Option<Mode>,
+    host_firewall: bool,
     iptables: Option<usize>,
     nft: bool,
 }
@@ -149,6 +150,7 @@ impl<'a> Rig<'a> {
             policy_entries: 0,
             ipcache_prefixes: 0,
             mode: None,
+            host_firewall: false,
             iptables: None,
             nft: false,
         })
@@ -175,8 +177,24 @@ impl<'a> Rig<'a> {
                 policy_entries,
                 ipcache_prefixes,
                 other_object,
+                host_firewall,
             } => {
                 let t = self.dp.tables_mut();
+                if self.host_firewall != host_firewall {
+                    let (host, subjects) = scenarios::host_firewall();
+                    let mut all: Vec<_> = scenarios::subjects().collect();
+                    if host_firewall {
+                        all.extend(subjects);
+                        t.replace_subjects(all)?;
+                        t.set_mode(scenarios::HOST_NS, Mode::Enforce)?;
+                        t.set_host_path(Some(host))?;
+                    } else {
+                        t.set_host_path(None)?;
+                        t.set_mode(scenarios::HOST_NS, Mode::Off)?;
+                        t.replace_subjects(all)?;
+                    }
+                    self.host_firewall = host_firewall;
+                }
                 if self.policy_entries != policy_entries {
                     t.replace_policy(scenarios::policy_entries(policy_entries))?;
                     self.policy_entries = policy_entries;
@@ -371,6 +389,7 @@ fn flood(
         policy_entries,
         ipcache_prefixes,
         other_object,
+        host_firewall: false,
     })?;
     let flows = opts.flood_flows.min(u16::MAX - FLOOD_FIRST_PORT);
     eprintln!("cnpilot bench: flood of {flows} new UDP flows ...");

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use cnpilot_bpf::maps::*;
-use cnpilot_bpf::testbed::{ID_A, ID_B};
-use cnpilot_bpf::{IpcacheEntry, Mode};
+use cnpilot_bpf::testbed::{GATEWAY, ID_A, ID_B};
+use cnpilot_bpf::{HostPath, IpcacheEntry, Mode};
 
 use super::measure::IPERF_PORT;
 use super::topo::{sh_in_with_input, Topo, ADDR_A, ADDR_B};
@@ -22,6 +22,9 @@ pub enum Scenario {
         ipcache_prefixes: usize,
         /// The programs of `--compare-object` instead of this build's.
         other_object: bool,
+        /// The host firewall on (`host_firewall`): the host's entry for
+        /// the host <-> local pod path, its mode and its subjects.
+        host_firewall: bool,
     },
     Iptables {
         rules: usize,
@@ -47,6 +50,7 @@ const fn cnpilot(mode: Mode, policy_entries: usize, ipcache_prefixes: usize) -> 
         policy_entries,
         ipcache_prefixes,
         other_object: false,
+        host_firewall: false,
     }
 }
 
@@ -56,13 +60,14 @@ const fn other_object(mode: Mode) -> Scenario {
         policy_entries: 10,
         ipcache_prefixes: 10,
         other_object: true,
+        host_firewall: false,
     }
 }
 
 /// Every row, in the order each round measures them. The first is the
 /// baseline of every ratio. The `-other` rows run only with
 /// `--compare-object`.
-pub const ROWS: [RowSpec; 10] = [
+pub const ROWS: [RowSpec; 11] = [
     RowSpec {
         id: "none",
         name: "no program",
@@ -92,6 +97,18 @@ pub const ROWS: [RowSpec; 10] = [
         name: "cnpilot enforce (10 entries)",
         scenario: cnpilot(Mode::Enforce, 10, 10),
         compare_to: None,
+    },
+    RowSpec {
+        id: "enforce-hostfw",
+        name: "cnpilot enforce + host firewall (10 entries)",
+        scenario: Scenario::Cnpilot {
+            mode: Mode::Enforce,
+            policy_entries: 10,
+            ipcache_prefixes: 10,
+            other_object: false,
+            host_firewall: true,
+        },
+        compare_to: Some("enforce"),
     },
     RowSpec {
         id: "enforce-10k-policy",
@@ -193,6 +210,34 @@ pub fn subjects() -> impl Iterator<Item = (SubjectKey, SubjectValue)> {
             },
         )
     })
+}
+
+/// The node's `ns_mode` key in the benchmark (no pod namespace's).
+pub const HOST_NS: u32 = 0xFFFF_FF00;
+
+/// The host firewall as the agent programs it, for the benchmark's node:
+/// the host's entry (its address is the pods' gateway), and the host
+/// default-deny both ways, so that a host <-> pod flow would be judged by
+/// it. The benchmark's flows are pod to pod: what they pay for it is what
+/// the host firewall costs pod traffic at the veths.
+pub fn host_firewall() -> (HostPath, [(SubjectKey, SubjectValue); 2]) {
+    let host = HostPath {
+        identity: identity::HOST,
+        ns_id: HOST_NS,
+        addr: GATEWAY,
+    };
+    let deny = |d: Direction| {
+        (
+            SubjectKey {
+                identity: identity::HOST,
+                direction: d as u32,
+            },
+            SubjectValue {
+                flags: SUBJECT_F_DEFAULT_DENY,
+            },
+        )
+    };
+    (host, [deny(Direction::Egress), deny(Direction::Ingress)])
 }
 
 /// `n` entries: the ones the benchmark's flows need (A -> B, TCP to any
@@ -390,7 +435,11 @@ mod tests {
             ids(&["enforce"], true),
             ["none", "enforce-other", "enforce"]
         );
-        assert_eq!(ids(&[], false).len(), 8);
+        assert_eq!(ids(&[], false).len(), 9);
+        assert_eq!(
+            ids(&["enforce-hostfw"], false),
+            ["none", "enforce", "enforce-hostfw"]
+        );
         assert!(select(&["nope".to_string()], false).is_err());
         assert!(select(&["audit-other".to_string()], true).is_err());
     }

@@ -191,7 +191,7 @@ fn drop_reason(flow: &Flow) -> Option<(Option<u32>, Option<&str>)> {
         .bytes()
         .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
     Some(match reason {
-        "deny-rule" | "POLICY_DENY" => (Some(181), Some("POLICY_DENY")),
+        "deny-rule" | "host-deny-rule" | "POLICY_DENY" => (Some(181), Some("POLICY_DENY")),
         _ if cilium_name => (None, Some(reason)),
         _ => match reason.strip_prefix("drop reason ").map(str::parse) {
             Some(Ok(code)) => (Some(code), None),
