@@ -170,7 +170,7 @@ impl Agent {
         if self.fqdns.learn(
             &learned.names,
             &learned.ips,
-            learned.ttl,
+            learned.ttl.max(self.config.fqdn_min_ttl),
             Instant::now(),
             |name| compiled.fqdn_selects(name),
         ) {

@@ -4,10 +4,11 @@
 //! its names is within its TTL. The policy compiled with these inputs
 //! selects the address by its names (and still by any CIDR containing it).
 //!
-//! Expiry is exact to the refresh tick (0.5 s). Cilium's DNS cache is
-//! garbage-collected once a minute, so there a mapping can outlive its TTL
-//! by up to that minute; here a connection opened after the TTL is judged
-//! as the bare address again. Connections opened before keep their
+//! Expiry is the TTL (at least `--fqdn-min-ttl`, as Cilium's
+//! `--tofqdns-min-ttl`) plus [`EXPIRY_GRACE`], to the refresh tick (0.5 s).
+//! Cilium's DNS cache is garbage-collected once a minute, so there a
+//! mapping can outlive its TTL by up to that minute; here a connection
+//! opened after it is judged as the bare address again. Connections opened before keep their
 //! verdict (it is in conntrack), as Cilium keeps IPs of live connections.
 
 use std::collections::BTreeMap;
@@ -15,6 +16,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use cnpilot_recommender::compile::{FqdnInput, FQDN_IDENTITY_BASE};
+
+/// Past the TTL before an address is forgotten. The pod's resolver starts
+/// its TTL when the answer arrives, a little after the agent learned it, so
+/// a client that uses a cached answer to its last millisecond would
+/// otherwise find the address already gone. (Cilium's once-a-minute DNS
+/// garbage collection gives up to sixty seconds.)
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub struct FqdnCache {
@@ -46,7 +54,7 @@ impl FqdnCache {
         if names.is_empty() {
             return false;
         }
-        let expires = now + Duration::from_secs(u64::from(ttl));
+        let expires = now + Duration::from_secs(u64::from(ttl)) + EXPIRY_GRACE;
         let mut changed = false;
         for ip in ips {
             let IpAddr::V4(v4) = ip else {
@@ -131,8 +139,8 @@ mod tests {
         assert_eq!(inputs.len(), 1);
         assert_eq!(inputs[0].id, FQDN_IDENTITY_BASE);
         assert_eq!(inputs[0].names, names);
-        assert!(!c.expire(t0 + Duration::from_secs(7)));
-        assert!(c.expire(t0 + Duration::from_secs(9)));
+        assert!(!c.expire(t0 + Duration::from_millis(5900)));
+        assert!(c.expire(t0 + Duration::from_millis(6100)));
         assert_eq!(c.len(), 0);
         // A later answer gets a fresh identity (the old one may still be
         // in events being read).

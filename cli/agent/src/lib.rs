@@ -61,6 +61,9 @@ pub struct AgentConfig {
     /// The transparent DNS proxy's UDP port; 0 runs none (`rules.dns` is
     /// then allowed at L4, and `toFQDNs` learns no name).
     pub dns_proxy_port: u16,
+    /// Seconds an answered address keeps its name at least, whatever the
+    /// answer's TTL (Cilium's `--tofqdns-min-ttl`; 0 honours the TTL).
+    pub fqdn_min_ttl: u32,
     /// Event ring buffer size in MiB (a power of two).
     pub ring_buffer_mib: u32,
     /// HTTP visibility without L7 rules.

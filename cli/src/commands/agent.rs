@@ -79,6 +79,12 @@ pub struct AgentArgs {
     /// proxied.
     #[arg(long, default_value_t = cnpilot_agent::DEFAULT_DNS_PROXY_PORT)]
     pub dns_proxy_port: u16,
+    /// Seconds an address a DNS answer gave keeps its name for `toFQDNs`,
+    /// at least, whatever the answer's TTL (Cilium's `--tofqdns-min-ttl`).
+    /// 0, the default as in Cilium, honours the TTL (plus one second of
+    /// grace for resolvers that cache to the last moment).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub fqdn_min_ttl: u32,
     /// Size of the event ring buffer, in MiB (a power of two). 256 KiB
     /// overflowed at 300k events/s on a busy 2-core node; 16 MiB held
     /// 1M events/s into the flow store (`cnpilot bench ingest`). Events
@@ -234,6 +240,7 @@ fn run(args: AgentArgs, duration: Option<Duration>) -> anyhow::Result<Outcome> {
         store: args.store.clone(),
         proxy_port: args.proxy_port,
         dns_proxy_port: args.dns_proxy_port,
+        fqdn_min_ttl: args.fqdn_min_ttl,
         ring_buffer_mib: args.ring_buffer_mib,
         visibility: args.http_visibility.clone().unwrap_or(match duration {
             Some(_) => Visibility::Auto(Vec::new()),
