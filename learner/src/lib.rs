@@ -17,5 +17,5 @@ pub mod synth;
 
 pub use identity::{IdentityAllocator, Labels, ReservedIdentity};
 pub use inventory::{Inventory, InventorySource};
-pub use record::{DnsAnswer, Direction, FlowRecord, L7Protocol, Peer, Verdict, L7};
+pub use record::{Direction, DnsAnswer, FlowRecord, L7Protocol, Peer, Verdict, L7};
 pub use store::FlowStore;
