@@ -124,6 +124,32 @@ pub struct DnsAnswer {
     pub ttl: u32,
 }
 
+impl DnsAnswer {
+    /// The addresses as the store keeps them (`dns_ips`): comma-joined, in
+    /// answer order.
+    pub fn ips_text(&self) -> String {
+        self.ips
+            .iter()
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// An answer from the store's `dns_ips` / `dns_ttl` values. The TTL says
+    /// whether there is an answer (an answer without addresses, NXDOMAIN,
+    /// has an empty `dns_ips`). A text that is not an address is left out:
+    /// the store only writes addresses, so it is damage, not data.
+    pub fn from_columns(ips: Option<&str>, ttl: Option<u32>) -> Option<DnsAnswer> {
+        let ttl = ttl?;
+        let ips = ips
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|ip| ip.trim().parse().ok())
+            .collect();
+        Some(DnsAnswer { ips, ttl })
+    }
+}
+
 /// One observed flow: a connection (count 1), or counters of a connection
 /// over a window (a flow-counter snapshot), with both peers resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +207,17 @@ pub mod columns {
     pub const PACKETS: &str = "packets";
     pub const BYTES: &str = "bytes";
     pub const COUNT: &str = "count";
+    /// A DNS answer's addresses, comma-joined (empty: an answer without
+    /// addresses, such as NXDOMAIN); null when the record has no answer.
+    pub const DNS_IPS: &str = "dns_ips";
+    /// A DNS answer's TTL in seconds; null when the record has no answer
+    /// (the column that says whether there is one).
+    pub const DNS_TTL: &str = "dns_ttl";
+
+    /// Columns added after the first segment format, in schema order at its
+    /// end. A segment written before them lacks them and still reads: they
+    /// decode as null (no DNS answer).
+    pub const ADDED: [&str; 2] = [DNS_IPS, DNS_TTL];
 }
 
 /// The one schema of every store segment; checked on read. Labels are the
@@ -215,10 +252,12 @@ pub fn store_schema() -> Schema {
         Field::new(L7_PATH.into(), s.clone()),
         Field::new(L7_QUERY.into(), s.clone()),
         Field::new(L7_HOST.into(), s.clone()),
-        Field::new(L7_STATUS.into(), u32_),
+        Field::new(L7_STATUS.into(), u32_.clone()),
         Field::new(PACKETS.into(), u64_.clone()),
         Field::new(BYTES.into(), u64_.clone()),
         Field::new(COUNT.into(), u64_),
+        Field::new(DNS_IPS.into(), s),
+        Field::new(DNS_TTL.into(), u32_),
     ])
 }
 
@@ -334,7 +373,11 @@ mod tests {
     #[test]
     fn schema_has_every_column_once() {
         let schema = store_schema();
-        assert_eq!(schema.len(), 27);
+        assert_eq!(schema.len(), 29);
         assert!(schema.get(columns::L7_PATH).is_some());
+        // The added columns are the schema's tail, in order: an old segment
+        // is the schema without them.
+        let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+        assert_eq!(names[names.len() - columns::ADDED.len()..], columns::ADDED);
     }
 }

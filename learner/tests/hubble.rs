@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use cnpilot_learner::hubble::{self, Input};
+use cnpilot_learner::record::DnsAnswer;
 use cnpilot_learner::store::{self, FlowStore};
 use cnpilot_learner::{Direction, L7Protocol, Verdict};
 
@@ -28,10 +29,11 @@ fn jsonpb_sample_counts_connections_not_packets() {
     let (records, summary) = hubble::read_file(&shared("observe-jsonpb.jsonl")).unwrap();
     assert_eq!(summary.lines, 23);
     assert_eq!(summary.records + summary.skipped_total(), 23);
-    // Replies (is_reply / deprecated reply / SYN-ACK / L7 responses) are skipped.
+    // Replies (is_reply / deprecated reply / SYN-ACK / L7 responses) are
+    // skipped, except the 2 DNS responses: their answers are records.
     assert_eq!(
         summary.skipped.get("reply packet"),
-        Some(&9),
+        Some(&7),
         "{:?}",
         summary.skipped
     );
@@ -43,10 +45,32 @@ fn jsonpb_sample_counts_connections_not_packets() {
         .iter()
         .filter(|r| r.l7.as_ref().is_some_and(|l| l.protocol == L7Protocol::Dns))
         .collect();
-    assert_eq!(dns.len(), 3);
+    assert_eq!(dns.len(), 5);
     assert_eq!(dns[0].dst.workload, "kube-dns");
     assert_eq!(dns[0].dst_port, 53);
     assert_eq!(dns[0].l7.as_ref().unwrap().method.as_deref(), Some("A"));
+    assert_eq!(
+        dns[0].l7.as_ref().unwrap().dns,
+        None,
+        "a query has no answer"
+    );
+    // The real NXDOMAIN responses (lines 12 and 14): turned round to the
+    // query's way, not counted again, an answer without addresses.
+    let nxdomain = dns[1];
+    assert_eq!(nxdomain.src.workload, "node-local-dns");
+    assert_eq!(nxdomain.dst.workload, "kube-dns");
+    assert_eq!(nxdomain.src.ip, "10.156.2.2".parse().ok());
+    assert_eq!((nxdomain.proto, nxdomain.dst_port), (6, 53));
+    assert_eq!(nxdomain.count, 0);
+    let l7 = nxdomain.l7.as_ref().unwrap();
+    assert_eq!(l7.status, Some(3));
+    assert_eq!(
+        l7.dns,
+        Some(DnsAnswer {
+            ips: vec![],
+            ttl: u32::MAX
+        })
+    );
 
     let scrape = records
         .iter()
@@ -240,6 +264,55 @@ fn import_into_a_store_and_read_back() {
     assert_eq!(stored.len() as u64, summary.records);
     let total: u64 = inputs.iter().map(|i| i.size().unwrap()).sum();
     assert_eq!(bytes.load(std::sync::atomic::Ordering::Relaxed), total);
+}
+
+#[test]
+fn dns_answers_carry_their_addresses_and_ttl() {
+    let (records, summary) = hubble::read_file(&fixture("dns-answers.jsonl")).unwrap();
+    assert_eq!(summary.skipped_total(), 0, "{:?}", summary.skipped);
+    assert_eq!(records.len(), 3);
+    assert_eq!(summary.connections, 1, "the query is the connection");
+    let (query, a, aaaa) = (&records[0], &records[1], &records[2]);
+    for r in [query, a, aaaa] {
+        assert_eq!(r.src.workload, "frontend");
+        assert_eq!(r.dst.workload, "coredns");
+        assert_eq!((r.proto, r.dst_port), (17, 53));
+        assert_eq!(r.direction, Direction::Egress);
+        assert_eq!(r.src.ip, "10.0.1.15".parse().ok());
+        let l7 = r.l7.as_ref().unwrap();
+        assert_eq!(l7.host.as_deref(), Some("api.github.com"));
+    }
+    assert_eq!(query.l7.as_ref().unwrap().dns, None);
+    assert_eq!((a.count, aaaa.count), (0, 0));
+    let answer = a.l7.as_ref().unwrap();
+    assert_eq!(answer.status, Some(0));
+    assert_eq!(
+        answer.dns,
+        Some(DnsAnswer {
+            ips: vec![
+                "140.82.121.6".parse().unwrap(),
+                "140.82.121.5".parse().unwrap()
+            ],
+            ttl: 60
+        })
+    );
+    // The address that does not parse is left out; no rcode stays None.
+    let answer = aaaa.l7.as_ref().unwrap();
+    assert_eq!(answer.status, None);
+    assert_eq!(
+        answer.dns,
+        Some(DnsAnswer {
+            ips: vec!["2606:50c0:8000::64".parse().unwrap()],
+            ttl: 60
+        })
+    );
+
+    // And through a store: the answers come back.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = FlowStore::open(dir.path()).unwrap();
+    store.append(&records).unwrap();
+    store.close().unwrap();
+    assert_eq!(store::read_all(dir.path()).unwrap(), records);
 }
 
 #[test]

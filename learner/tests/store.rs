@@ -334,3 +334,157 @@ fn kill_9_loses_no_acked_record() {
         &missing[..missing.len().min(5)]
     );
 }
+
+/// DNS records: a query (no answer), an answer with v4 and v6 addresses,
+/// an NXDOMAIN answer (no addresses), and an HTTP record beside them.
+fn dns_records() -> Vec<FlowRecord> {
+    use cnpilot_learner::{DnsAnswer, L7Protocol, L7};
+    let base = records(4, 5);
+    let dns = |mut r: FlowRecord, i: i64, answer: Option<DnsAnswer>| {
+        r.window_start_ns = 1_767_225_600_000_000_000 + i;
+        r.window_end_ns = r.window_start_ns;
+        r.node = "node-0".into();
+        r.proto = 17;
+        r.dst_port = 53;
+        r.l7 = Some(L7 {
+            protocol: L7Protocol::Dns,
+            method: Some("A,AAAA".into()),
+            path: None,
+            query: None,
+            host: Some("api.github.com".into()),
+            status: answer
+                .as_ref()
+                .map(|a| if a.ips.is_empty() { 3 } else { 0 }),
+            dns: answer,
+        });
+        r
+    };
+    let mut http = base[3].clone();
+    http.window_start_ns = 1_767_225_600_000_000_000 + 3;
+    http.window_end_ns = http.window_start_ns;
+    http.node = "node-0".into();
+    vec![
+        dns(base[0].clone(), 0, None),
+        dns(
+            base[1].clone(),
+            1,
+            Some(DnsAnswer {
+                ips: vec![
+                    "140.82.121.6".parse().unwrap(),
+                    "2606:50c0:8000::64".parse().unwrap(),
+                ],
+                ttl: 60,
+            }),
+        ),
+        dns(
+            base[2].clone(),
+            2,
+            Some(DnsAnswer {
+                ips: vec![],
+                ttl: u32::MAX,
+            }),
+        ),
+        http,
+    ]
+}
+
+fn sorted(mut records: Vec<FlowRecord>) -> Vec<FlowRecord> {
+    records.sort_by_key(|r| r.window_start_ns);
+    records
+}
+
+#[test]
+fn dns_answers_roundtrip_through_the_wal_and_segments() {
+    let input = dns_records();
+    assert!(
+        input
+            .iter()
+            .filter(|r| r.l7.as_ref().is_some_and(|l| l.dns.is_some()))
+            .count()
+            == 2
+    );
+    // Flushed: straight to a segment.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = FlowStore::open(dir.path()).unwrap();
+    store.append(&input).unwrap();
+    store.close().unwrap();
+    assert_eq!(sorted(store::read_all(dir.path()).unwrap()), input);
+    // Not flushed: the segment is rebuilt from the write-ahead file.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = FlowStore::open(dir.path()).unwrap();
+        store.append(&input).unwrap();
+    }
+    drop(FlowStore::open(dir.path()).unwrap());
+    assert_eq!(sorted(store::read_all(dir.path()).unwrap()), input);
+}
+
+/// A segment written before `dns_ips` / `dns_ttl` existed: it is read (not
+/// skipped as another schema), its records have no DNS answer, and the
+/// aggregation reads it with newer segments beside it.
+#[test]
+fn segment_without_the_dns_columns_still_reads() {
+    use cnpilot_learner::aggregate::{learn, LearnOptions};
+    use cnpilot_learner::record::columns;
+    use polars::prelude::{ParquetWriter, PlSmallStr};
+
+    let dir = tempfile::tempdir().unwrap();
+    // One node: the file goes into that node's partition.
+    let old: Vec<FlowRecord> = records(50, 9)
+        .into_iter()
+        .map(|mut r| {
+            r.node = "node-0".into();
+            r
+        })
+        .collect();
+    let mut frame = store::records_to_frame(&old).unwrap();
+    frame = frame
+        .drop_many(columns::ADDED.iter().map(|c| PlSmallStr::from(*c)))
+        .clone();
+    assert_eq!(frame.width(), 27, "the first store schema");
+    let part = dir.path().join("node=node-0").join("hour=2026010100");
+    std::fs::create_dir_all(&part).unwrap();
+    let file = std::fs::File::create(part.join("seg-0000000001.parquet")).unwrap();
+    ParquetWriter::new(file).finish(&mut frame).unwrap();
+
+    let (paths, report) = store::readable_segments(&[dir.path().to_path_buf()], None).unwrap();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(paths.len(), 1);
+    let read = store::read_all(dir.path()).unwrap();
+    assert_eq!(read.len(), 50);
+    assert!(read
+        .iter()
+        .all(|r| r.l7.as_ref().is_none_or(|l| l.dns.is_none())));
+    let key = |r: &FlowRecord| (r.window_start_ns, r.node.clone());
+    let (mut a, mut b) = (read.clone(), old.clone());
+    a.sort_by_key(key);
+    b.sort_by_key(key);
+    assert_eq!(a, b);
+
+    // A new segment beside it: both read, the new one's answers kept.
+    let mut store = FlowStore::open(dir.path()).unwrap();
+    store.append(&dns_records()).unwrap();
+    store.close().unwrap();
+    let all = store::read_all(dir.path()).unwrap();
+    assert_eq!(all.len(), 54);
+    let answers = all
+        .iter()
+        .filter(|r| r.l7.as_ref().is_some_and(|l| l.dns.is_some()))
+        .count();
+    assert_eq!(answers, 2);
+    let table = learn(&[dir.path().to_path_buf()], &LearnOptions::default()).unwrap();
+    assert_eq!(table.scan.segments, 2);
+    assert_eq!(table.rows.iter().map(|r| r.records).sum::<u64>(), 54);
+    // The answer's two addresses, for the workload that asked; the
+    // NXDOMAIN answer gave none.
+    let asked = &dns_records()[1];
+    let ips: Vec<String> = table.dns.iter().map(|a| a.ip.to_string()).collect();
+    assert_eq!(ips, ["140.82.121.6", "2606:50c0:8000::64"]);
+    for a in &table.dns {
+        assert_eq!(a.src_identity, asked.src.identity);
+        assert_eq!(a.src_workload, asked.src.workload);
+        assert_eq!(a.name, "api.github.com");
+        assert_eq!((a.ttl, a.answers), (60, 1));
+        assert_eq!(a.first_answered_ns, asked.window_start_ns);
+    }
+}

@@ -8,11 +8,12 @@
 //! row.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use foldhash::fast::FixedState;
 use polars::prelude::*;
 
-use super::{FlowSummary, MAX_EVIDENCE_PATHS};
+use super::{DnsAnswerSummary, FlowSummary, MAX_EVIDENCE_PATHS};
 use crate::identity::{is_cidr_identity, Labels, ReservedIdentity};
 use crate::pathtemplate;
 use crate::record::columns as c;
@@ -20,7 +21,7 @@ use crate::record::columns as c;
 const NONE: u32 = u32::MAX;
 
 /// Columns the fold reads (the scan projects to these).
-pub(crate) const COLUMNS: [&str; 22] = [
+pub(crate) const COLUMNS: [&str; 25] = [
     c::WINDOW_START_NS,
     c::WINDOW_END_NS,
     c::NODE,
@@ -43,6 +44,9 @@ pub(crate) const COLUMNS: [&str; 22] = [
     c::PACKETS,
     c::BYTES,
     c::COUNT,
+    c::L7_HOST,
+    c::DNS_IPS,
+    c::DNS_TTL,
 ];
 
 /// src identity, namespace, workload, labels; dst identity, namespace,
@@ -99,6 +103,19 @@ pub(crate) struct Folder {
     template_of: Vec<u32>,
     peer_of: HashMap<(u32, u32), u32, FixedState>,
     groups: HashMap<Key, Agg, FixedState>,
+    /// DNS answers by (asking identity, namespace, workload, name, address).
+    answers: HashMap<AnswerKey, AnswerAgg, FixedState>,
+    /// The addresses of each distinct `dns_ips` text, parsed once.
+    ips_of: HashMap<u32, Vec<IpAddr>, FixedState>,
+}
+
+type AnswerKey = (u32, u32, u32, u32, IpAddr);
+
+struct AnswerAgg {
+    first: i64,
+    last: i64,
+    ttl: u32,
+    answers: u64,
 }
 
 fn codes(strings: &mut Interner, df: &DataFrame, name: &str) -> PolarsResult<Vec<u32>> {
@@ -196,6 +213,7 @@ impl Folder {
         );
         let start = df.column(c::WINDOW_START_NS)?.i64()?;
         let end = df.column(c::WINDOW_END_NS)?.i64()?;
+        self.fold_answers(df, &src_id, &src_ns, &src_wl)?;
         let times = start.iter().zip(end.iter());
 
         for (i, (first, last)) in times.enumerate().take(df.height()) {
@@ -260,12 +278,77 @@ impl Folder {
         Ok(())
     }
 
+    /// The DNS answers of a frame: one entry per address of each answer.
+    /// Only answer records (a non-null `dns_ttl`) are looked at, so the
+    /// strings of the rest are never interned.
+    fn fold_answers(
+        &mut self,
+        df: &DataFrame,
+        src_id: &[u32],
+        src_ns: &[u32],
+        src_wl: &[u32],
+    ) -> PolarsResult<()> {
+        let ttl = df.column(c::DNS_TTL)?.u32()?;
+        if ttl.null_count() == ttl.len() {
+            return Ok(());
+        }
+        let ips = df.column(c::DNS_IPS)?.str()?;
+        let host = df.column(c::L7_HOST)?.str()?;
+        let start = df.column(c::WINDOW_START_NS)?.i64()?;
+        for (i, ttl) in ttl.iter().enumerate() {
+            let (Some(ttl), Some(name)) = (ttl, host.get(i)) else {
+                continue;
+            };
+            let name = self.strings.code(name);
+            let text = self.strings.code(ips.get(i).unwrap_or(""));
+            let at = start.get(i).unwrap_or_default();
+            let strings = &self.strings;
+            let addresses = self.ips_of.entry(text).or_insert_with(|| {
+                strings
+                    .text(text)
+                    .split(',')
+                    .filter_map(|ip| ip.trim().parse().ok())
+                    .collect()
+            });
+            for &ip in addresses.iter() {
+                let key = (src_id[i], src_ns[i], src_wl[i], name, ip);
+                let agg = self.answers.entry(key).or_insert(AnswerAgg {
+                    first: i64::MAX,
+                    last: i64::MIN,
+                    ttl: 0,
+                    answers: 0,
+                });
+                agg.first = agg.first.min(at);
+                agg.last = agg.last.max(at);
+                agg.ttl = agg.ttl.max(ttl);
+                agg.answers += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// The partial table with codes turned back into strings.
-    pub(crate) fn into_summaries(self) -> Vec<FlowSummary> {
+    pub(crate) fn into_summaries(self) -> (Vec<FlowSummary>, Vec<DnsAnswerSummary>) {
         let s = &self.strings;
         let owned = |code: u32| s.text(code).to_string();
         let opt = |code: u32| s.get(code).map(str::to_string);
-        self.groups
+        let answers = self
+            .answers
+            .iter()
+            .map(|(&(id, ns, wl, name, ip), agg)| DnsAnswerSummary {
+                src_identity: id,
+                src_namespace: owned(ns),
+                src_workload: owned(wl),
+                name: owned(name),
+                ip,
+                first_answered_ns: agg.first,
+                last_answered_ns: agg.last,
+                ttl: agg.ttl,
+                answers: agg.answers,
+            })
+            .collect();
+        let rows = self
+            .groups
             .iter()
             .map(|(k, agg)| FlowSummary {
                 src_identity: k[0],
@@ -297,7 +380,8 @@ impl Folder {
                 paths: agg.paths.iter().map(|&p| owned(p)).collect::<BTreeSet<_>>(),
                 with_query: agg.with_query,
             })
-            .collect()
+            .collect();
+        (rows, answers)
     }
 }
 

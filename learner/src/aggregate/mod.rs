@@ -13,6 +13,7 @@ mod columnar;
 pub mod groupby;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -89,10 +90,33 @@ pub(crate) type SummaryKey = (
     (u8, u16, Option<String>, Option<String>, Option<String>),
 );
 
+/// What DNS told one workload about one name: an address it was given,
+/// over every answer seen (the recommender's evidence for `toFQDNs`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct DnsAnswerSummary {
+    /// The workload that asked (the source of the query).
+    pub src_identity: u32,
+    pub src_namespace: String,
+    pub src_workload: String,
+    /// The query name, without the trailing dot.
+    pub name: String,
+    pub ip: IpAddr,
+    /// When an answer holding `ip` was first and last seen (Unix ns).
+    pub first_answered_ns: i64,
+    pub last_answered_ns: i64,
+    /// The largest TTL among those answers, in seconds.
+    pub ttl: u32,
+    /// Answers holding `ip`.
+    pub answers: u64,
+}
+
 /// The result of [`learn`].
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FlowTable {
     pub rows: Vec<FlowSummary>,
+    /// Every DNS answer address, per asking workload and name, sorted.
+    /// The DNS records themselves are rows too (the lookups).
+    pub dns: Vec<DnsAnswerSummary>,
     #[serde(skip)]
     pub scan: ScanReport,
 }
@@ -122,10 +146,11 @@ pub fn learn_with_progress(
         .map_or(1, |n| n.get())
         .clamp(1, paths.len().max(1));
     let next = AtomicUsize::new(0);
-    let partials: Vec<Result<Vec<FlowSummary>, LearnError>> = std::thread::scope(|scope| {
+    type Partial = (Vec<FlowSummary>, Vec<DnsAnswerSummary>);
+    let partials: Vec<Result<Partial, LearnError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                scope.spawn(|| -> Result<Vec<FlowSummary>, LearnError> {
+                scope.spawn(|| -> Result<Partial, LearnError> {
                     let mut folder = columnar::Folder::default();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -162,13 +187,19 @@ pub fn learn_with_progress(
             .collect()
     });
     let mut rows: BTreeMap<SummaryKey, FlowSummary> = BTreeMap::new();
+    let mut dns: BTreeMap<(u32, String, IpAddr), DnsAnswerSummary> = BTreeMap::new();
     for partial in partials {
-        for summary in partial? {
+        let (summaries, answers) = partial?;
+        for summary in summaries {
             merge_into(&mut rows, summary);
+        }
+        for answer in answers {
+            merge_answer(&mut dns, answer);
         }
     }
     Ok(FlowTable {
         rows: rows.into_values().collect(),
+        dns: dns.into_values().collect(),
         scan,
     })
 }
@@ -221,6 +252,26 @@ pub(crate) fn merge_into(rows: &mut BTreeMap<SummaryKey, FlowSummary>, part: Flo
             row.paths.extend(part.paths);
             cap_evidence(&mut row.paths);
             row.with_query += part.with_query;
+        }
+    }
+}
+
+/// Add a partial answer summary (one worker's) to the table's.
+pub(crate) fn merge_answer(
+    answers: &mut BTreeMap<(u32, String, IpAddr), DnsAnswerSummary>,
+    part: DnsAnswerSummary,
+) {
+    use std::collections::btree_map::Entry;
+    match answers.entry((part.src_identity, part.name.clone(), part.ip)) {
+        Entry::Vacant(slot) => {
+            slot.insert(part);
+        }
+        Entry::Occupied(mut slot) => {
+            let a = slot.get_mut();
+            a.first_answered_ns = a.first_answered_ns.min(part.first_answered_ns);
+            a.last_answered_ns = a.last_answered_ns.max(part.last_answered_ns);
+            a.ttl = a.ttl.max(part.ttl);
+            a.answers += part.answers;
         }
     }
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 
 use crate::identity::{ReservedIdentity, NAMESPACE_LABEL};
-use crate::record::{Direction, FlowRecord, L7Protocol, Peer, Verdict, L7};
+use crate::record::{Direction, DnsAnswer, FlowRecord, L7Protocol, Peer, Verdict, L7};
 
 /// Why a flow was not turned into a record. The text is the key of the
 /// per-reason counts in the import summary.
@@ -186,9 +186,40 @@ fn split_url(url: &str) -> (Option<String>, Option<String>, Option<String>) {
     )
 }
 
+/// The `dns` of an L7 DNS response: the one L7 response imported, because
+/// only it carries the answer (addresses and TTL) that `toFQDNs` rules are
+/// learned from.
+fn dns_response(flow: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    let l7 = obj(flow, "l7")?;
+    (text(l7, "type") == Some("RESPONSE"))
+        .then(|| obj(l7, "dns"))
+        .flatten()
+}
+
+/// `DNS.ips` and `DNS.ttl` (flow.proto) of a response. Cilium reports an
+/// answer without addresses (NXDOMAIN, an empty AAAA) with TTL 2^32-1; an
+/// address that does not parse is left out.
+fn dns_answer_of(dns: &Map<String, Value>) -> DnsAnswer {
+    let ips = field(dns, "ips")
+        .and_then(Value::as_array)
+        .map(|ips| {
+            ips.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ttl = number(dns, "ttl")
+        .and_then(|t| u32::try_from(t).ok())
+        .unwrap_or(0);
+    DnsAnswer { ips, ttl }
+}
+
 fn l7_of(l7: &Map<String, Value>) -> Result<Option<L7>, SkipReason> {
     match text(l7, "type") {
-        Some("RESPONSE") => return Err("l7 response (the request is counted)"),
+        Some("RESPONSE") if obj(l7, "dns").is_none() => {
+            return Err("l7 response (the request is counted)")
+        }
         Some("SAMPLE") => return Err("l7 sample"),
         _ => {}
     }
@@ -234,7 +265,7 @@ fn l7_of(l7: &Map<String, Value>) -> Result<Option<L7>, SkipReason> {
             query: None,
             host: text(dns, "query").map(|q| q.trim_end_matches('.').to_string()),
             status: number(dns, "rcode").and_then(|c| u32::try_from(c).ok()),
-            dns: None,
+            dns: (text(l7, "type") == Some("RESPONSE")).then(|| dns_answer_of(dns)),
         }));
     }
     if obj(l7, "kafka").is_some() {
@@ -259,8 +290,13 @@ pub fn flow_to_record(
     wrapper_time: Option<&str>,
     wrapper_node: Option<&str>,
 ) -> Result<FlowRecord, SkipReason> {
-    if bool_value(flow, "is_reply") == Some(true)
-        || field(flow, "reply").and_then(Value::as_bool) == Some(true)
+    // A DNS response is a reply too, but it is the answer: it becomes a
+    // record turned round to the query's way (client to server, the server's
+    // port), with count 0 as its query was counted.
+    let answer = dns_response(flow).is_some();
+    if !answer
+        && (bool_value(flow, "is_reply") == Some(true)
+            || field(flow, "reply").and_then(Value::as_bool) == Some(true))
     {
         return Err("reply packet");
     }
@@ -284,7 +320,15 @@ pub fn flow_to_record(
         ip.and_then(|ip| text(ip, name))
             .and_then(|s| s.parse::<IpAddr>().ok())
     };
-    let (src_ip, dst_ip) = (addr("source"), addr("destination"));
+    let (mut src_ip, mut dst_ip) = (addr("source"), addr("destination"));
+    let (mut source, mut destination) = (obj(flow, "source"), obj(flow, "destination"));
+    let server_port = if answer {
+        std::mem::swap(&mut src_ip, &mut dst_ip);
+        std::mem::swap(&mut source, &mut destination);
+        "source_port"
+    } else {
+        "destination_port"
+    };
 
     let l7 = match obj(flow, "l7") {
         Some(l7) => l7_of(l7)?,
@@ -292,7 +336,7 @@ pub fn flow_to_record(
     };
     let l4 = obj(flow, "l4");
     let l4_kind = l4.and_then(|l4| l4.iter().next());
-    let mut count = 1;
+    let mut count = u64::from(!answer);
     let (proto, dst_port) = match l4_kind {
         Some((kind, body)) => {
             let body = body.as_object();
@@ -324,10 +368,10 @@ pub fn flow_to_record(
                             count = 0;
                         }
                     }
-                    (6, port("destination_port"))
+                    (6, port(server_port))
                 }
-                "UDP" => (17, port("destination_port")),
-                "SCTP" => (132, port("destination_port")),
+                "UDP" => (17, port(server_port)),
+                "SCTP" => (132, port(server_port)),
                 "ICMPv4" => (1, port("type")),
                 "ICMPv6" => (58, port("type")),
                 _ => return Err("unsupported l4 protocol"),
@@ -362,8 +406,8 @@ pub fn flow_to_record(
         window_start_ns: ts,
         window_end_ns: ts,
         node: node.to_string(),
-        src: peer(obj(flow, "source"), src_ip),
-        dst: peer(obj(flow, "destination"), dst_ip),
+        src: peer(source, src_ip),
+        dst: peer(destination, dst_ip),
         proto,
         dst_port,
         direction,

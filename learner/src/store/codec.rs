@@ -65,6 +65,10 @@ pub(crate) struct Row {
     pub query: u32,
     pub host: u32,
     pub status: Option<u32>,
+    /// A DNS answer's comma-joined addresses (a string id; `NONE` without
+    /// an answer) and its TTL (`Some` exactly when there is an answer).
+    pub dns_ips: u32,
+    pub dns_ttl: Option<u32>,
     pub packets: u64,
     pub bytes: u64,
     pub count: u64,
@@ -211,6 +215,7 @@ impl Encoder<'_> {
     pub fn record(&mut self, record: &FlowRecord) -> Row {
         let l7 = record.l7.as_ref();
         let text = |f: fn(&L7) -> &Option<String>| l7.and_then(|l| f(l).as_deref());
+        let answer = l7.and_then(|l| l.dns.as_ref());
         let row = Row {
             start_ns: record.window_start_ns,
             end_ns: record.window_end_ns,
@@ -230,6 +235,11 @@ impl Encoder<'_> {
             query: self.opt_string(text(|l| &l.query)),
             host: self.opt_string(text(|l| &l.host)),
             status: l7.and_then(|l| l.status),
+            dns_ips: match answer {
+                Some(a) => self.string(&a.ips_text()),
+                None => NONE,
+            },
+            dns_ttl: answer.map(|a| a.ttl),
             packets: record.packets,
             bytes: record.bytes,
             count: record.count,
@@ -277,18 +287,27 @@ fn encode_row(out: &mut Vec<u8>, row: &Row) {
     put_varint(out, opt_id(row.dst_ip));
     out.push(row.proto);
     put_varint(out, u64::from(row.dst_port));
-    // direction (2 bits) | verdict (3 bits) | l7 protocol (2 bits)
+    // direction (2 bits) | verdict (3 bits) | l7 protocol (2 bits) | DNS
+    // answer (1 bit). The answer bit came last and is 0 in frames written
+    // before it, which therefore still decode.
     let l7 = match row.l7 {
         None => 0,
         Some(L7Protocol::Http) => 1,
         Some(L7Protocol::Dns) => 2,
     };
-    out.push(direction_code(row.direction) | verdict_code(row.verdict) << 2 | l7 << 5);
+    let answer = u8::from(row.l7.is_some() && row.dns_ttl.is_some());
+    out.push(
+        direction_code(row.direction) | verdict_code(row.verdict) << 2 | l7 << 5 | answer << 7,
+    );
     if row.l7.is_some() {
         for id in [row.method, row.path, row.query, row.host] {
             put_varint(out, opt_id(id));
         }
         put_varint(out, row.status.map_or(0, |s| u64::from(s) + 1));
+        if let (1, Some(ttl)) = (answer, row.dns_ttl) {
+            put_varint(out, opt_id(row.dns_ips));
+            put_varint(out, u64::from(ttl));
+        }
     }
     put_varint(out, row.packets);
     put_varint(out, row.bytes);
@@ -486,6 +505,10 @@ impl Cursor<'_> {
         };
         let (mut method, mut path, mut query, mut host, mut status) =
             (NONE, NONE, NONE, NONE, None);
+        let (mut dns_ips, mut dns_ttl) = (NONE, None);
+        if l7.is_none() && flags & 0x80 != 0 {
+            return Err(DecodeError("a DNS answer on a record without L7".into()));
+        }
         if l7.is_some() {
             method = self.opt_string_id(dict)?;
             path = self.opt_string_id(dict)?;
@@ -497,6 +520,13 @@ impl Cursor<'_> {
                     u32::try_from(n - 1).map_err(|_| DecodeError("status out of range".into()))?,
                 ),
             };
+            if flags & 0x80 != 0 {
+                dns_ips = self.opt_string_id(dict)?;
+                dns_ttl = Some(
+                    u32::try_from(self.varint()?)
+                        .map_err(|_| DecodeError("DNS TTL out of range".into()))?,
+                );
+            }
         }
         Ok(Row {
             start_ns,
@@ -517,6 +547,8 @@ impl Cursor<'_> {
             query,
             host,
             status,
+            dns_ips,
+            dns_ttl,
             packets: self.varint()?,
             bytes: self.varint()?,
             count: self.varint()?,

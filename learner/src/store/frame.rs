@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use polars::prelude::*;
 
 use crate::identity::Labels;
-use crate::record::{columns as c, FlowRecord, Peer, L7};
+use crate::record::{columns as c, DnsAnswer, FlowRecord, Peer, L7};
 
 fn opt_ip(ip: &Option<IpAddr>) -> Option<String> {
     ip.map(|ip| ip.to_string())
@@ -53,6 +53,9 @@ pub(crate) fn refs_to_frame(records: &[&FlowRecord]) -> PolarsResult<DataFrame> 
         )
     };
     let l7_str = |f: fn(&L7) -> Option<String>| move |r: &FlowRecord| r.l7.as_ref().and_then(f);
+    fn answer(r: &FlowRecord) -> Option<&DnsAnswer> {
+        r.l7.as_ref().and_then(|l| l.dns.as_ref())
+    }
     let columns = vec![
         col_i64(c::WINDOW_START_NS, &|r| r.window_start_ns),
         col_i64(c::WINDOW_END_NS, &|r| r.window_end_ns),
@@ -89,6 +92,14 @@ pub(crate) fn refs_to_frame(records: &[&FlowRecord]) -> PolarsResult<DataFrame> 
         col_u64(c::PACKETS, &|r| r.packets),
         col_u64(c::BYTES, &|r| r.bytes),
         col_u64(c::COUNT, &|r| r.count),
+        col_opt_str(c::DNS_IPS, &|r| answer(r).map(DnsAnswer::ips_text)),
+        Column::new(
+            c::DNS_TTL.into(),
+            records
+                .iter()
+                .map(|r| answer(r).map(|a| a.ttl))
+                .collect::<Vec<Option<u32>>>(),
+        ),
     ];
     DataFrame::new(n, columns)
 }
@@ -147,6 +158,16 @@ pub fn frame_to_records(df: &DataFrame) -> PolarsResult<Vec<FlowRecord>> {
     let packets = df.column(c::PACKETS)?.u64()?.clone();
     let bytes = df.column(c::BYTES)?.u64()?.clone();
     let count = df.column(c::COUNT)?.u64()?.clone();
+    // Columns added later are absent from a frame of an older segment read
+    // on its own: no record of it has a DNS answer.
+    let dns_ips = match df.column(c::DNS_IPS) {
+        Ok(_) => text(df, c::DNS_IPS)?,
+        Err(_) => vec![None; df.height()],
+    };
+    let dns_ttl: Vec<Option<u32>> = match df.column(c::DNS_TTL) {
+        Ok(column) => column.u32()?.iter().collect(),
+        Err(_) => vec![None; df.height()],
+    };
 
     let peer = |id: Option<u32>,
                 ns: &Option<String>,
@@ -169,7 +190,7 @@ pub fn frame_to_records(df: &DataFrame) -> PolarsResult<Vec<FlowRecord>> {
                 query: query[i].clone(),
                 host: host[i].clone(),
                 status: status.get(i),
-                dns: None,
+                dns: DnsAnswer::from_columns(dns_ips[i].as_deref(), dns_ttl[i]),
             }),
             None => None,
         };

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 pub use frame::{frame_to_records, records_to_frame};
 
-use crate::record::{store_schema, FlowRecord};
+use crate::record::{columns, store_schema, FlowRecord};
 use codec::{Dict, Encoder, Row};
 use segment::write_segments;
 use wal::{list_wals, read_wal, sync_dir, wal_path, Wal, FRAME_HEADER};
@@ -399,8 +399,11 @@ pub fn lazy_segments(paths: &[PathBuf]) -> Result<LazyFrame, StoreError> {
         .map(|p| PlRefPath::try_from_path(p))
         .collect::<PolarsResult<_>>()
         .map_err(|e| StoreError::polars(first, e))?;
+    // A segment written before a column was added (`columns::ADDED`)
+    // lacks it: the scan fills it with nulls.
     let args = ScanArgsParquet {
         schema: Some(Arc::new(schema)),
+        allow_missing_columns: true,
         ..Default::default()
     };
     LazyFrame::scan_parquet_files(sources.into_iter().collect(), args)
@@ -419,7 +422,9 @@ fn check_segment(path: &Path, schema: &Schema) -> Result<usize, String> {
     let arrow = reader.schema().map_err(|e| e.to_string())?;
     let found: Vec<&str> = arrow.iter_names().map(|n| n.as_str()).collect();
     let expected: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
-    if found != expected {
+    // A segment from before the added columns is the schema without them.
+    let before_added = &expected[..expected.len().saturating_sub(columns::ADDED.len())];
+    if found != expected && found != before_added {
         return Err(format!(
             "columns {found:?} are not the store schema {expected:?}"
         ));

@@ -245,6 +245,9 @@ fn rows_to_frame(dict: &Dict, rows: &[&Row]) -> PolarsResult<DataFrame> {
         ints_u64(c::PACKETS, |r| r.packets),
         ints_u64(c::BYTES, |r| r.bytes),
         ints_u64(c::COUNT, |r| r.count),
+        text(&texts, rows, c::DNS_IPS, |r| r.dns_ips),
+        UInt32Chunked::from_iter_options(c::DNS_TTL.into(), rows.iter().map(|r| r.dns_ttl))
+            .into_column(),
     ];
     DataFrame::new(n, columns)
 }

@@ -102,15 +102,15 @@ type HttpMembers = (String, Vec<String>);
 pub(crate) type L7Dropped = (String, (u8, u16));
 
 /// What one peer's observed ports become.
-struct PeerPorts {
-    to_ports: Vec<PortRule>,
-    http: Vec<HttpMembers>,
+pub(crate) struct PeerPorts {
+    pub to_ports: Vec<PortRule>,
+    pub http: Vec<HttpMembers>,
     /// Ports whose observed HTTP got no rule: the policy takes none.
-    l7_dropped: Vec<(u8, u16)>,
+    pub l7_dropped: Vec<(u8, u16)>,
 }
 
 /// The `toPorts` of one peer, with the HTTP rules' members.
-fn port_rules(
+pub(crate) fn port_rules(
     peer: &PeerRef,
     ports: &BTreeMap<(u8, u16), PortEvidence>,
     dir: Dir,
@@ -172,9 +172,14 @@ fn port_rules(
         });
     }
     if !dns.is_empty() {
-        // Cilium's DNS proxy sees the queries (the companion `toFQDNs`
-        // rules need it); every name is allowed, as observed traffic gives
-        // no reason to restrict names yet.
+        // Cilium's DNS proxy sees the queries: `toFQDNs` rules learn their
+        // addresses from it. Every name stays allowed (`*`), also when the
+        // subject has `toFQDNs` rules: narrowed to those names, the proxy
+        // would refuse the workload's other lookups (cluster service names,
+        // the search-path expansions its resolver tries first, names of
+        // peers reached by address), which breaks or slows resolution for
+        // reasons the flows never showed. Which world names are reachable is
+        // the `toFQDNs` rules' job, not the DNS rule's.
         out.push(PortRule {
             ports: dns,
             rules: Some(L7Rules {
@@ -352,6 +357,7 @@ pub(crate) fn subject_rules(
     universe: &Universe,
     selectors: &BTreeMap<u32, selector::Chosen>,
     l7: L7Policy,
+    named: Option<&super::fqdn::ByName>,
 ) -> SubjectRules {
     let empty = BTreeMap::new();
     let mut out = SubjectRules {
@@ -406,6 +412,13 @@ pub(crate) fn subject_rules(
             to_ports: non_empty(g.to_ports),
             ..EgressRule::default()
         });
+    }
+    for (rule, evidence) in named
+        .map(|n| super::fqdn::egress_rules(n, l7, out.egress.len()))
+        .unwrap_or_default()
+    {
+        out.evidence.push(evidence);
+        out.egress.push(rule);
     }
     for (dir, list_empty, path) in [
         (Dir::Ingress, out.ingress.is_empty(), "spec.ingress[0]"),
@@ -474,6 +487,7 @@ pub(crate) fn default_deny() -> DefaultDeny {
 /// policy when the host has.
 pub(crate) fn policies(
     sides: &Sides,
+    fqdns: &super::fqdn::Fqdns,
     universe: &Universe,
     options: &Options,
     warnings: &mut Vec<String>,
@@ -507,7 +521,11 @@ pub(crate) fn policies(
             universe,
             &selectors,
             L7Policy::Workload(options.l7),
+            fqdns.get(&subject),
         );
+        if fqdns.contains_key(&subject) {
+            warnings.extend(super::fqdn::visibility_warning(&w.name(), &rules.egress));
+        }
         let unique = names
             .get(&(w.namespace.clone(), w.workload.clone()))
             .is_none_or(|n| *n <= 1);

@@ -60,6 +60,8 @@ pub(crate) fn policy(
         universe,
         selectors,
         L7Policy::Host,
+        // Host policies get no `toFQDNs` (see `super::fqdn`).
+        None,
     );
     for (peer, (proto, port)) in &rules.l7_dropped {
         warnings.push(format!(

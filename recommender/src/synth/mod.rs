@@ -13,6 +13,7 @@
 mod cidr;
 mod classify;
 pub mod emit;
+pub mod fqdn;
 pub mod host;
 pub mod l7;
 pub mod selector;
@@ -319,8 +320,10 @@ pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> R
             "{icmp_skipped} ICMP/other-protocol flow rows were not turned into rules (icmps rules are not emitted yet)"
         ));
     }
+    // Addresses reached by name first: only those left are CIDR peers.
+    let fqdns = fqdn::take_named(&mut sides, &table.dns);
     cidr::aggregate_cidrs(&mut sides, options.cidr_prefix);
-    rec.policies = emit::policies(&sides, &universe, options, &mut rec.warnings);
+    rec.policies = emit::policies(&sides, &fqdns, &universe, options, &mut rec.warnings);
     rec.warnings
         .extend(host::current_selectors_unknown(current));
     rec.warnings

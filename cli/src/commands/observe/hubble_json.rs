@@ -11,7 +11,12 @@
 //! Cilium's names (from an imported store) unchanged;
 //! Cilium leaves them off audit verdicts, this keeps them so the reason
 //! survives. An HTTP exchange is one `REQUEST` record carrying the response
-//! code, since the agent sees the pair as one event.
+//! code, since the agent sees the pair as one event. A DNS record with an
+//! answer is the `RESPONSE` Hubble writes for it: from the server to the
+//! client (`is_reply`), with `ips` and `ttl`, which is how `import hubble`
+//! reads it back (turned round again, counted 0: its query is a record of
+//! its own). A store record standing for a query *and* its answer (count 1)
+//! therefore comes back as the answer only.
 
 use std::net::IpAddr;
 
@@ -143,6 +148,11 @@ struct Http<'a> {
 #[derive(Serialize)]
 struct Dns<'a> {
     query: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ips: Vec<String>,
+    /// Present on every answer, 0 included (flow.proto's `ttl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rcode: Option<u32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -259,10 +269,22 @@ pub fn rfc3339(ns: i64) -> String {
 /// flows need one, and a made-up time would mislead whatever reads it).
 pub fn to_line(flow: &Flow) -> Option<String> {
     let time = rfc3339(flow.time_ns?);
+    let answer = flow
+        .dns
+        .as_ref()
+        .and_then(|d| d.answer.as_ref())
+        .filter(|_| flow.kind == Kind::Dns);
+    // An answer goes the other way: server to client.
+    let reply = answer.is_some();
+    let (from, to) = if reply {
+        (&flow.dst, &flow.src)
+    } else {
+        (&flow.src, &flow.dst)
+    };
     // A field-masked Hubble export may have kept one address only.
-    let ip = flow.src.ip.or(flow.dst.ip).map(|any| Ip {
-        source: flow.src.ip,
-        destination: flow.dst.ip,
+    let ip = from.ip.or(to.ip).map(|any| Ip {
+        source: from.ip,
+        destination: to.ip,
         ip_version: if any.is_ipv6() { "IPv6" } else { "IPv4" },
     });
     let l7 = match flow.kind {
@@ -278,10 +300,14 @@ pub fn to_line(flow: &Flow) -> Option<String> {
             dns: None,
         }),
         Kind::Dns => Some(L7 {
-            kind: "REQUEST",
+            kind: if reply { "RESPONSE" } else { "REQUEST" },
             http: None,
             dns: flow.dns.as_ref().map(|d| Dns {
                 query: format!("{}.", d.query.trim_end_matches('.')),
+                ips: answer
+                    .map(|a| a.ips.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                ttl: answer.map(|a| a.ttl),
                 rcode: d.rcode,
                 qtypes: &d.qtypes,
             }),
@@ -303,15 +329,21 @@ pub fn to_line(flow: &Flow) -> Option<String> {
         },
     };
     let node = flow.node.as_deref();
+    let mut l4 = l4(flow);
+    if reply {
+        if let Some(L4::Tcp(p) | L4::Udp(p) | L4::Sctp(p)) = &mut l4 {
+            std::mem::swap(&mut p.source_port, &mut p.destination_port);
+        }
+    }
     let response = Response {
         flow: HubbleFlow {
             time: time.clone(),
             verdict: hubble_verdict(flow.verdict),
             drop_reason: reason.and_then(|r| r.0),
             ip,
-            l4: l4(flow),
-            source: endpoint(&flow.src),
-            destination: endpoint(&flow.dst),
+            l4,
+            source: endpoint(from),
+            destination: endpoint(to),
             kind: if flow.kind == Kind::L3L4 {
                 "L3_L4"
             } else {
@@ -326,7 +358,7 @@ pub fn to_line(flow: &Flow) -> Option<String> {
                 _ => None,
             },
             drop_reason_desc: reason.and_then(|r| r.1),
-            is_reply: false,
+            is_reply: reply,
         },
         node_name: node,
         time,

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use clap::ValueEnum;
 use cnpilot_learner::identity::NAMESPACE_LABEL;
 use cnpilot_learner::{
-    Direction, FlowRecord, L7Protocol, Peer, ReservedIdentity, Verdict as StoreVerdict,
+    Direction, DnsAnswer, FlowRecord, L7Protocol, Peer, ReservedIdentity, Verdict as StoreVerdict,
 };
 
 /// What kind of observation a flow is (`--type`).
@@ -99,6 +99,8 @@ pub struct Dns {
     pub query: String,
     pub qtypes: Vec<String>,
     pub rcode: Option<u32>,
+    /// The answer's addresses and TTL, for a record of a response.
+    pub answer: Option<DnsAnswer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +180,7 @@ pub fn from_record(r: &FlowRecord) -> Flow {
                     .map(|m| m.split(',').map(str::to_string).collect())
                     .unwrap_or_default(),
                 rcode: l7.status,
+                answer: l7.dns.clone(),
             }),
         ),
         None => (Kind::L3L4, None, None),

@@ -2,7 +2,7 @@
 //! learner's parser) reads back as the same flow.
 
 use cnpilot_learner::hubble::{parse_line, LineOutcome};
-use cnpilot_learner::{Direction, FlowRecord, L7Protocol, Labels, Peer, Verdict, L7};
+use cnpilot_learner::{Direction, DnsAnswer, FlowRecord, L7Protocol, Labels, Peer, Verdict, L7};
 
 use super::event_line::{self, Line};
 use super::hubble_json::to_line;
@@ -114,7 +114,17 @@ fn store_records() -> Vec<FlowRecord> {
         status: Some(0),
         dns: None,
     });
+    // Its answer: a Hubble response, counted 0 (the query was).
+    let mut answer = query.clone();
+    answer.count = 0;
+    if let Some(l7) = &mut answer.l7 {
+        l7.dns = Some(DnsAnswer {
+            ips: vec!["198.18.2.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+            ttl: 30,
+        });
+    }
     out.push(query);
+    out.push(answer);
     out
 }
 
@@ -130,6 +140,9 @@ fn store_records_survive_observe_json_and_import_hubble() {
             _ => String::new(),
         };
         assert_eq!(import(&line), expected, "{line}");
+        let answered = original.l7.as_ref().is_some_and(|l| l.dns.is_some());
+        assert_eq!(line.contains(r#""type":"RESPONSE""#), answered, "{line}");
+        assert_eq!(line.contains(r#""is_reply":true"#), answered, "{line}");
     }
 }
 
