@@ -277,3 +277,32 @@ fn fqdn_without_a_cluster_dns_server_is_warned_about() {
     );
     assert!(!fqdn_rules(policy_of(&rec, &FRONTEND)).is_empty());
 }
+
+#[test]
+fn replay_proves_the_fqdn_rules_with_the_recorded_answers_and_probes_stay_denied() {
+    use cnpilot_recommender::proof::{probes, replay, Evaluators};
+    use cnpilot_recommender::synth::Universe;
+    let table = table();
+    let rec = synth::recommend(&table, &PolicySet::default(), &Options::default());
+    assert!(!fqdn_rules(policy_of(&rec, &FRONTEND)).is_empty());
+    let proposed = proposed_set(&rec);
+    let universe = Universe::from_table(&table);
+    assert!(!universe.fqdns.is_empty());
+    let ev = Evaluators::new(&universe, &PolicySet::default(), &proposed);
+    let replayed = replay::replay(&table, &universe, &ev, &rec.excluded);
+    assert_eq!(replayed.unexpected, 0, "{:#?}", replayed.denied);
+    let probed = probes::probes(&table, &universe, &ev);
+    assert!(
+        probed.allowed_by_proposal.is_empty(),
+        "{:#?}",
+        probed.allowed_by_proposal
+    );
+    // Without the answers the same proposal would not prove itself: the
+    // names' addresses would be bare world addresses.
+    let blind = Universe {
+        fqdns: Vec::new(),
+        ..universe.clone()
+    };
+    let ev = Evaluators::new(&blind, &PolicySet::default(), &proposed);
+    assert!(replay::replay(&table, &blind, &ev, &rec.excluded).unexpected > 0);
+}

@@ -35,8 +35,13 @@ impl Evaluators {
         let mut both = current.clone();
         both.extend(proposed.clone());
         Evaluators {
-            current: CompiledPolicy::compile(current, &ids, Some(&node)),
-            combined: CompiledPolicy::compile(&both, &ids, Some(&node)),
+            current: CompiledPolicy::compile_with_fqdns(
+                current,
+                &ids,
+                Some(&node),
+                &universe.fqdns,
+            ),
+            combined: CompiledPolicy::compile_with_fqdns(&both, &ids, Some(&node), &universe.fqdns),
             proposed_files: proposed.policies.iter().map(|p| p.file.clone()).collect(),
             has_current: !current.policies.is_empty(),
         }

@@ -236,10 +236,13 @@ pub(crate) type Sides =
 /// cluster with no policies yet).
 pub fn recommend(table: &FlowTable, current: &PolicySet, options: &Options) -> Recommendation {
     let universe = Universe::from_table(table);
-    let compiled_current = CompiledPolicy::compile(
+    // With the recording's DNS answers: a current toFQDNs rule already
+    // allows what it allowed when the flows were seen.
+    let compiled_current = CompiledPolicy::compile_with_fqdns(
         current,
         &universe.identity_inputs(),
         Some(&universe.node_input()),
+        &universe.fqdns,
     );
     let has_current = !current.policies.is_empty();
     let in_scope =

@@ -10,7 +10,7 @@ use cnpilot_learner::aggregate::{FlowSummary, FlowTable};
 use cnpilot_learner::identity::{is_cidr_identity, MIN_WORKLOAD_IDENTITY};
 use cnpilot_learner::{Labels, ReservedIdentity};
 
-use crate::compile::{IdentityInput, NodeInput};
+use crate::compile::{FqdnInput, IdentityInput, NodeInput, FQDN_IDENTITY_BASE};
 use crate::model::Cidr;
 
 /// One workload identity (all replicas of a Deployment share it).
@@ -36,6 +36,11 @@ pub struct Universe {
     /// The nodes that recorded a flow of their own host (`reserved:host`
     /// on either side).
     pub host_nodes: BTreeSet<String>,
+    /// World addresses DNS answered for names during the recording, as
+    /// the agent's DNS proxy would have put them in the ipcache: proofs
+    /// compile with them, so a `toFQDNs` rule is judged on the addresses
+    /// its names were given.
+    pub fqdns: Vec<FqdnInput>,
 }
 
 /// The entity name of a node's own host (identity 1) on a flow.
@@ -98,9 +103,28 @@ impl Universe {
                 }
             }
         }
+        let mut names: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+        for answer in &table.dns {
+            if let std::net::IpAddr::V4(v4) = answer.ip {
+                names
+                    .entry(v4)
+                    .or_default()
+                    .insert(answer.name.to_ascii_lowercase());
+            }
+        }
+        let fqdns = names
+            .into_iter()
+            .zip(FQDN_IDENTITY_BASE..)
+            .map(|((addr, names), id)| FqdnInput {
+                addr,
+                id,
+                names: names.into_iter().collect(),
+            })
+            .collect();
         Universe {
             workloads,
             host_nodes,
+            fqdns,
         }
     }
 

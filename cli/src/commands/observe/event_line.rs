@@ -33,6 +33,8 @@ struct RawLine {
     /// DNS lines: the query type and the answer's rcode by name.
     qtype: Option<String>,
     rcode: Option<String>,
+    answers: Option<Vec<IpAddr>>,
+    ttl: Option<u32>,
     /// Only on `lost` lines.
     count: Option<u64>,
     /// An agent that cannot serve the request says why (not part of the
@@ -65,11 +67,13 @@ pub enum Line {
 
 /// The number of an rcode the agent writes by name (`NOERROR`, …).
 fn rcode_number(name: &str) -> Option<u32> {
-    ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
-        .iter()
-        .position(|n| *n == name)
-        .and_then(|i| u32::try_from(i).ok())
-        .or_else(|| name.parse().ok())
+    [
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+    ]
+    .iter()
+    .position(|n| *n == name)
+    .and_then(|i| u32::try_from(i).ok())
+    .or_else(|| name.parse().ok())
 }
 
 /// Parse one line. The error is a short reason for the skipped-lines count.
@@ -140,6 +144,14 @@ pub fn parse(text: &str) -> Result<Line, String> {
         query: raw.query.clone().unwrap_or_default(),
         qtypes: raw.qtype.clone().into_iter().collect(),
         rcode: raw.rcode.as_deref().and_then(rcode_number),
+        answer: raw
+            .answers
+            .clone()
+            .filter(|ips| !ips.is_empty())
+            .map(|ips| cnpilot_learner::DnsAnswer {
+                ips,
+                ttl: raw.ttl.unwrap_or(0),
+            }),
     });
     let http = (kind == Kind::Http).then(|| Http {
         method: raw.method.unwrap_or_default(),
