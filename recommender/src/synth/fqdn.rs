@@ -214,11 +214,18 @@ pub(crate) fn egress_rules(
                 rows: r.evidence.rows,
                 first_seen_ns: r.evidence.first_seen_ns,
                 last_seen_ns: r.evidence.last_seen_ns,
+                // The flow's destination by the name it was reached by.
                 example: r
                     .evidence
                     .example
                     .as_ref()
-                    .map(ToString::to_string)
+                    .map(|f| {
+                        let mut f = f.clone();
+                        if let Some(name) = r.names.first() {
+                            f.dst = format!("{name} ({})", f.dst.trim_end_matches("/32"));
+                        }
+                        f.to_string()
+                    })
                     .unwrap_or_default(),
                 default_deny_only: false,
             };
