@@ -139,12 +139,14 @@ mod tests {
         assert_eq!(inputs.len(), 1);
         assert_eq!(inputs[0].id, FQDN_IDENTITY_BASE);
         assert_eq!(inputs[0].names, names);
-        assert!(!c.expire(t0 + Duration::from_millis(5900)));
-        assert!(c.expire(t0 + Duration::from_millis(6100)));
+        // Refreshed at 3 s for 5 s, plus the grace.
+        let expiry = t0 + Duration::from_secs(8) + EXPIRY_GRACE;
+        assert!(!c.expire(expiry - Duration::from_millis(100)));
+        assert!(c.expire(expiry + Duration::from_millis(100)));
         assert_eq!(c.len(), 0);
         // A later answer gets a fresh identity (the old one may still be
         // in events being read).
-        assert!(c.learn(&names, &[ip(10)], 5, t0 + Duration::from_secs(9), |_| true));
+        assert!(c.learn(&names, &[ip(10)], 5, t0 + Duration::from_secs(10), |_| true));
         assert_eq!(c.inputs()[0].id, FQDN_IDENTITY_BASE + 1);
     }
 

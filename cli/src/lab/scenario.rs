@@ -296,6 +296,30 @@ impl Scenario {
         })
     }
 
+    /// A client's target as this scenario reads it: a two-label name such
+    /// as `api.example` is a workload when one is called so, and otherwise
+    /// the world host of that name.
+    pub fn target(&self, text: &str) -> Result<Target, String> {
+        let target = Target::parse(text)?;
+        if let Target::Workload {
+            namespace,
+            workload,
+            port,
+        } = &target
+        {
+            let name = format!("{workload}.{namespace}");
+            if self.workload(namespace, workload).is_none()
+                && self.world_host_named(&name).is_some()
+            {
+                return Ok(Target::Named {
+                    name: name.to_ascii_lowercase(),
+                    port: *port,
+                });
+            }
+        }
+        Ok(target)
+    }
+
     /// The server a client's target reaches, if the scenario defines it.
     pub fn server_for(&self, target: &Target, protocol: Option<Protocol>) -> Option<&Server> {
         let (servers, port) = match target {
@@ -450,8 +474,9 @@ impl Scenario {
     fn check_client(&self, w: &Workload, c: &Client) -> Result<(), (Option<String>, String)> {
         let needle = Some(c.target.clone());
         let who = format!("client of `{}/{}`", w.namespace, w.name);
-        let target =
-            Target::parse(&c.target).map_err(|m| (needle.clone(), format!("{who}: {m}")))?;
+        let target = self
+            .target(&c.target)
+            .map_err(|m| (needle.clone(), format!("{who}: {m}")))?;
         if !(c.rate > 0.0 && c.rate <= 1000.0) {
             return Err((
                 needle,
@@ -601,7 +626,14 @@ mod tests {
             .and_then(|rest| rest.split("```").next())
             .unwrap();
         let s = Scenario::parse(yaml, "README.md").unwrap();
-        assert_eq!(s.workloads[0].clients.len(), 3);
+        assert_eq!(s.workloads[0].clients.len(), 4);
+        assert_eq!(
+            s.target("api.example:443").unwrap(),
+            Target::Named {
+                name: "api.example".into(),
+                port: 443
+            }
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn run(lab: &LabState, duration: Duration) -> anyhow::Result<Vec<ClientRepor
             .clients
             .iter()
             .filter_map(|c| {
-                let target = Target::parse(&c.target).ok()?;
+                let target = lab.scenario.target(&c.target).ok()?;
                 let server = lab.scenario.server_for(&target, c.protocol)?;
                 Some(Plan {
                     client: c.clone(),

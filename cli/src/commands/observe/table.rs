@@ -86,7 +86,27 @@ pub fn summary(f: &Flow) -> String {
         };
     }
     if let Some(d) = &f.dns {
-        return format!("DNS Query {}. {}", d.query, d.qtypes.join(","));
+        let query = format!("{}. {}", d.query, d.qtypes.join(","));
+        // Hubble's wording for a proxied answer: addresses, TTL, the query.
+        let line = match (&d.answer, d.rcode) {
+            (Some(a), _) => {
+                let ips: Vec<String> = a.ips.iter().map(ToString::to_string).collect();
+                format!(
+                    "DNS Answer \"{}\" TTL: {} (Proxy {query})",
+                    ips.join(","),
+                    a.ttl
+                )
+            }
+            (None, Some(rcode)) if rcode != 0 => {
+                format!("DNS Answer RCode: {} (Proxy {query})", rcode_text(rcode))
+            }
+            _ => format!("DNS Query {query}"),
+        };
+        return match f.verdict {
+            Verdict::L7WouldDeny => format!("{line}, would be refused"),
+            Verdict::L7Denied => format!("{line}, refused"),
+            _ => line,
+        };
     }
     let proto = proto_name(f.proto);
     let what = if matches!(f.proto, 1 | 58) {
@@ -206,5 +226,17 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(summary(&f), "HTTP/1.1 403 POST /api/v1/refunds, denied");
+    }
+}
+
+/// An rcode as DNS tools name it.
+fn rcode_text(rcode: u32) -> String {
+    match rcode {
+        1 => "Format Error".into(),
+        2 => "Server Failure".into(),
+        3 => "Non-Existent Domain".into(),
+        4 => "Not Implemented".into(),
+        5 => "Refused".into(),
+        other => other.to_string(),
     }
 }
