@@ -65,11 +65,13 @@ pub enum Line {
 
 /// The number of an rcode the agent writes by name (`NOERROR`, …).
 fn rcode_number(name: &str) -> Option<u32> {
-    ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
-        .iter()
-        .position(|n| *n == name)
-        .and_then(|i| u32::try_from(i).ok())
-        .or_else(|| name.parse().ok())
+    [
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+    ]
+    .iter()
+    .position(|n| *n == name)
+    .and_then(|i| u32::try_from(i).ok())
+    .or_else(|| name.parse().ok())
 }
 
 /// Parse one line. The error is a short reason for the skipped-lines count.
