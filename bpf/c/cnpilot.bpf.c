@@ -69,14 +69,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cnp_policy SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
-	__type(key, struct flow_key);
-	__type(value, struct ct_value);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cnp_conntrack SEC(".maps");
-
+/* Conntrack and counters in one entry per flow (ct_create): a new flow is
+ * one insert, any other packet one lookup. Builds before this one had a
+ * second LRU map, cnp_conntrack, for the verdicts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -212,6 +207,14 @@ static __always_inline int to_proxy_udp(struct __sk_buff *skb, struct packet *p,
 	return 0;
 }
 
+/* A first packet's verdict, before it goes into the flow's entry. */
+struct ct_value {
+	__u8 verdict; /* CNP_VERDICT_* */
+	__u8 reason;
+	__u16 proxy_port;
+	__u32 rule_id;
+};
+
 struct decision {
 	__u8 denied;
 	__u8 reason;
@@ -337,41 +340,60 @@ static __always_inline void emit(struct flow_key *fk, struct packet *p, __u32 sr
 	bpf_ringbuf_submit(e, wakeup_flags(now));
 }
 
-/* Adds a packet to its flow's counters; 0 when the flow has none yet (its
- * identities are needed to make them: count_new). */
-static __always_inline int count_existing(struct flow_key *fk, __u32 len, __u8 verdict, __u64 now)
+/* cnp_flows is the conntrack too: a flow's entry holds its counters and
+ * the verdict decided at its first packet (verdict, reason, rule_id,
+ * proxy_port), so a new flow costs one insert into one LRU map and every
+ * other packet one lookup. An entry that does not hold a verdict to keep
+ * is counters only: a connection dropped because it bypassed the proxy
+ * (its next attempt is judged anew, once the proxy may be up), and a
+ * redirected flow without a proxy port (counters an older build made,
+ * whose conntrack was a map of its own). */
+static __always_inline int ct_entry(struct flow_counters *c)
 {
-	struct flow_counters *c = bpf_map_lookup_elem(&cnp_flows, fk);
-	if (!c)
+	if ((c->reason & CNP_REASON_CODE_MASK) == CNP_REASON_PROXY_BYPASSED)
 		return 0;
+	return c->verdict != CNP_VERDICT_REDIRECTED || c->proxy_port;
+}
+
+static __always_inline void count(struct flow_counters *c, __u32 len, __u64 now)
+{
 	__sync_fetch_and_add(&c->packets, 1);
 	__sync_fetch_and_add(&c->bytes, len);
 	c->last_seen_ns = now;
-	c->verdict = verdict;
-	return 1;
 }
 
-/* Counters for a flow's first packet. The insert comes first: on a new
- * flow there is nothing to find, and a lookup before it would walk the
- * same bucket twice. An entry left by an earlier connection on the same
- * tuple is added to, as before. */
-static __always_inline void count_new(struct flow_key *fk, __u32 len, __u32 src_id, __u32 dst_id,
-				      struct ct_value *ct, __u64 now)
+/* Records a flow's first packet and its verdict. `old` is the counters-only
+ * entry the lookup found under this key, if any: it is counted on and
+ * takes the new verdict, as the counters of an earlier connection on the
+ * same tuple always have been. */
+static __always_inline void ct_create(struct flow_key *fk, struct flow_counters *old, __u32 len,
+				      __u32 src_id, __u32 dst_id, struct ct_value *ct, __u64 now)
 {
-	struct flow_counters n = {
-		.packets = 1,
-		.bytes = len,
-		.first_seen_ns = now,
-		.last_seen_ns = now,
-		.src_identity = src_id,
-		.dst_identity = dst_id,
-		.verdict = ct->verdict,
-		.reason = ct->reason,
-		.rule_id = ct->rule_id,
-	};
-	if (bpf_map_update_elem(&cnp_flows, fk, &n, BPF_NOEXIST) == 0)
-		return;
-	count_existing(fk, len, ct->verdict, now);
+	if (!old) {
+		struct flow_counters n = {
+			.packets = 1,
+			.bytes = len,
+			.first_seen_ns = now,
+			.last_seen_ns = now,
+			.src_identity = src_id,
+			.dst_identity = dst_id,
+			.verdict = ct->verdict,
+			.reason = ct->reason,
+			.proxy_port = ct->proxy_port,
+			.rule_id = ct->rule_id,
+		};
+		if (bpf_map_update_elem(&cnp_flows, fk, &n, BPF_NOEXIST) == 0)
+			return;
+		/* Another CPU made it first (the same flow's next packet). */
+		old = bpf_map_lookup_elem(&cnp_flows, fk);
+		if (!old)
+			return;
+	}
+	old->verdict = ct->verdict;
+	old->reason = ct->reason;
+	old->proxy_port = ct->proxy_port;
+	old->rule_id = ct->rule_id;
+	count(old, len, now);
 }
 
 /* The verdict a denied connection gets under a mode. */
@@ -457,21 +479,41 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		.ifindex = skb->ifindex,
 	};
 
-	struct ct_value *ct = bpf_map_lookup_elem(&cnp_conntrack, &fk);
-	if (!ct) {
-		/* A reply: the original as this veth saw it the other way. */
-		struct flow_key rk = {
-			.saddr = p.daddr,
-			.daddr = p.saddr,
-			.sport = p.dport,
-			.dport = p.sport,
-			.proto = p.proto,
-			.direction = dir == CNP_DIR_EGRESS ? CNP_DIR_INGRESS : CNP_DIR_EGRESS,
-			.ifindex = skb->ifindex,
-		};
-		ct = bpf_map_lookup_elem(&cnp_conntrack, &rk);
-		if (ct)
+	/* A reply: the original as this veth saw it the other way. */
+	struct flow_key rk = {
+		.saddr = p.daddr,
+		.daddr = p.saddr,
+		.sport = p.dport,
+		.dport = p.sport,
+		.proto = p.proto,
+		.direction = dir == CNP_DIR_EGRESS ? CNP_DIR_INGRESS : CNP_DIR_EGRESS,
+		.ifindex = skb->ifindex,
+	};
+	/* Each lookup that misses walks a cold bucket of a large map, so a
+	 * TCP packet whose flags say which key it is under skips the other
+	 * (parse.h: a SYN is never a reply, a SYN+ACK always is). `own` is
+	 * what this packet's own key holds when it is not a conntrack entry. */
+	struct flow_counters *ct = NULL, *own = NULL;
+	if (p.ct_hint == CNP_CT_REPLY_FIRST) {
+		ct = bpf_map_lookup_elem(&cnp_flows, &rk);
+		if (ct && ct_entry(ct))
 			fk = rk;
+		else
+			ct = NULL;
+	}
+	if (!ct) {
+		ct = bpf_map_lookup_elem(&cnp_flows, &fk);
+		if (ct && !ct_entry(ct)) {
+			own = ct;
+			ct = NULL;
+		}
+	}
+	if (!ct && p.ct_hint == CNP_CT_EITHER) {
+		ct = bpf_map_lookup_elem(&cnp_flows, &rk);
+		if (ct && ct_entry(ct))
+			fk = rk;
+		else
+			ct = NULL;
 	}
 
 	/* The proxy's upstream leg leaves the node's namespace with the node's
@@ -491,20 +533,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (ct->verdict != v)
 				ct->verdict = v; /* the mode flipped since the first packet */
 		}
-		/* The identities only go into new counters (these were evicted
-		 * or flushed) and drop events: the ipcache, a trie walk, is not
-		 * looked up for the packets of a connection otherwise. */
-		int counted = count_existing(&fk, skb->len, ct->verdict, now);
-		if (counted && v != CNP_VERDICT_DROPPED)
+		count(ct, skb->len, now);
+		if (v != CNP_VERDICT_DROPPED)
 			return pass_redirect(skb, &p, dir, fk.direction == dir, ct->proxy_port, mode);
+		/* The identities only go into drop events: the ipcache, a trie
+		 * walk, is not looked up for the packets of a connection
+		 * otherwise. */
 		resolve(&p, dir, fk.direction, proxied_for, ep->identity, &peer, &src_id, &dst_id);
-		if (!counted)
-			count_new(&fk, skb->len, src_id, dst_id, ct, now);
-		if (v == CNP_VERDICT_DROPPED) {
-			emit(&fk, &p, src_id, dst_id, v, ct->reason, ct->rule_id, ns_id, now);
-			return TC_ACT_SHOT;
-		}
-		return pass_redirect(skb, &p, dir, fk.direction == dir, ct->proxy_port, mode);
+		emit(&fk, &p, src_id, dst_id, v, ct->reason, ct->rule_id, ns_id, now);
+		return TC_ACT_SHOT;
 	}
 
 	struct ipcache_value *far =
@@ -551,20 +588,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		.reason = d.denied ? d.reason : CNP_REASON_NONE,
 		.proxy_port = proxy_port,
 		.rule_id = d.denied ? d.rule_id : rule_id,
-		.created_ns = now,
 	};
 	int verdict_ok = n.verdict != CNP_VERDICT_DROPPED;
 	if (verdict_ok && dir == CNP_DIR_INGRESS && proxy_port && mode == CNP_MODE_ENFORCE) {
 		n.verdict = CNP_VERDICT_DROPPED;
 		n.reason = CNP_REASON_PROXY_BYPASSED;
-		/* Not kept in conntrack: once the proxy is up, the next
-		 * attempt of this connection goes through it. */
-		count_new(&fk, skb->len, src_id, dst_id, &n, now);
+		/* Counters only, no conntrack (ct_entry): once the proxy is
+		 * up, the next attempt of this connection goes through it. */
+		ct_create(&fk, own, skb->len, src_id, dst_id, &n, now);
 		emit(&fk, &p, src_id, dst_id, n.verdict, n.reason, n.rule_id, ns_id, now);
 		return TC_ACT_SHOT;
 	}
-	bpf_map_update_elem(&cnp_conntrack, &fk, &n, BPF_ANY);
-	count_new(&fk, skb->len, src_id, dst_id, &n, now);
+	ct_create(&fk, own, skb->len, src_id, dst_id, &n, now);
 	emit(&fk, &p, src_id, dst_id, n.verdict, n.reason, n.rule_id, ns_id, now);
 	if (!verdict_ok)
 		return TC_ACT_SHOT;

@@ -142,7 +142,9 @@ struct policy_value {
 	__u32 rule_id;    /* index into the compiler's rule table, for evidence */
 };
 
-/* conntrack and flow counters: the connection as seen at this endpoint. */
+/* conntrack and flow counters, one entry per connection as seen at this
+ * endpoint (cnp_flows): the verdict decided at its first packet (verdict,
+ * reason, rule_id, proxy_port) and its counters. */
 struct flow_key {
 	__u32 saddr;
 	__u32 daddr;
@@ -154,24 +156,16 @@ struct flow_key {
 	__u32 ifindex;
 };
 
-struct ct_value {
-	__u8 verdict; /* CNP_VERDICT_* decided at the first packet */
-	__u8 reason;
-	__u16 proxy_port;
-	__u32 rule_id;
-	__u64 created_ns;
-};
-
 struct flow_counters {
 	__u64 packets;
 	__u64 bytes;
-	__u64 first_seen_ns;
+	__u64 first_seen_ns; /* the first packet's, when the verdict was decided */
 	__u64 last_seen_ns;
 	__u32 src_identity;
 	__u32 dst_identity;
-	__u8 verdict;
+	__u8 verdict; /* CNP_VERDICT_*, under the namespace's current mode */
 	__u8 reason;
-	__u16 pad;
+	__u16 proxy_port; /* the L7 proxy's port for CNP_VERDICT_REDIRECTED */
 	__u32 rule_id;
 };
 

@@ -20,9 +20,8 @@ int main(void)
 	T(policy_key); F(policy_key, subject); F(policy_key, peer); F(policy_key, dport); F(policy_key, proto); F(policy_key, direction);
 	T(policy_value); F(policy_value, action); F(policy_value, pad); F(policy_value, proxy_port); F(policy_value, rule_id);
 	T(flow_key); F(flow_key, saddr); F(flow_key, daddr); F(flow_key, sport); F(flow_key, dport); F(flow_key, proto); F(flow_key, direction); F(flow_key, pad); F(flow_key, ifindex);
-	T(ct_value); F(ct_value, verdict); F(ct_value, reason); F(ct_value, proxy_port); F(ct_value, rule_id); F(ct_value, created_ns);
 	T(flow_counters); F(flow_counters, packets); F(flow_counters, bytes); F(flow_counters, first_seen_ns); F(flow_counters, last_seen_ns);
-	F(flow_counters, src_identity); F(flow_counters, dst_identity); F(flow_counters, verdict); F(flow_counters, reason); F(flow_counters, pad); F(flow_counters, rule_id);
+	F(flow_counters, src_identity); F(flow_counters, dst_identity); F(flow_counters, verdict); F(flow_counters, reason); F(flow_counters, proxy_port); F(flow_counters, rule_id);
 	T(flow_event); F(flow_event, ts_ns); F(flow_event, saddr); F(flow_event, daddr); F(flow_event, src_identity); F(flow_event, dst_identity);
 	F(flow_event, sport); F(flow_event, dport); F(flow_event, proto); F(flow_event, direction); F(flow_event, verdict); F(flow_event, reason);
 	F(flow_event, ifindex); F(flow_event, rule_id); F(flow_event, ns_id); F(flow_event, pad);

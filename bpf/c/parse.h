@@ -39,7 +39,17 @@ struct packet {
 	/* What policy matches on: the destination port, or the ICMP type. */
 	__u16 policy_port;
 	__u8 proto;
+	/* Which conntrack keys can hold this packet's connection (CNP_CT_*). */
+	__u8 ct_hint;
 };
+
+/* A TCP SYN without ACK opens a connection: it is nobody's reply, so only
+ * its own tuple can be in conntrack (a retransmitted SYN). A SYN+ACK is a
+ * reply: its connection is keyed the other way round. Anything else may be
+ * either, and the forward key is tried first. */
+#define CNP_CT_EITHER 0
+#define CNP_CT_FORWARD_ONLY 1
+#define CNP_CT_REPLY_FIRST 2
 
 /* 0 = parsed an IPv4 packet cnpilot evaluates; <0 = not ours, pass. */
 static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
@@ -63,6 +73,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	p->sport = 0;
 	p->dport = 0;
 	p->policy_port = 0;
+	p->ct_hint = CNP_CT_EITHER;
 	/* Non-first fragments carry no L4 header: match them on addresses. */
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return 0;
@@ -75,6 +86,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 		p->sport = bpf_ntohs(tcp->source);
 		p->dport = bpf_ntohs(tcp->dest);
 		p->policy_port = p->dport;
+		if (tcp->syn)
+			p->ct_hint = tcp->ack ? CNP_CT_REPLY_FIRST : CNP_CT_FORWARD_ONLY;
 		break;
 	}
 	case IPPROTO_UDP: {

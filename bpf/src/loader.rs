@@ -54,7 +54,35 @@ impl Datapath {
         pin_dir: &Path,
         ring_bytes: Option<u32>,
     ) -> Result<Datapath, DatapathError> {
+        // An earlier build kept the verdicts in a map of their own, now in
+        // cnp_flows: its pin would only hold ~25 MiB of kernel memory (the
+        // map lives on while that build's programs are attached).
+        remove_pin(pin_dir, names::CONNTRACK)?;
         Self::load(pin_dir, ring_bytes, |loader| loader.load(OBJECT))
+    }
+
+    /// Empties an earlier build's own conntrack map (`--compare-object`
+    /// objects from before the verdicts moved into cnp_flows), if pinned.
+    #[cfg(feature = "bench")]
+    pub fn flush_legacy_conntrack(pin_dir: &Path) -> Result<(), DatapathError> {
+        let path = pin_dir.join(names::CONNTRACK);
+        if !path.exists() {
+            return Ok(());
+        }
+        let map =
+            aya::maps::MapData::from_pin(&path).map_err(DatapathError::map(names::CONNTRACK))?;
+        // The old value is 16 bytes (verdict, reason, proxy port, rule id,
+        // creation time); only keys are needed to empty it.
+        let mut ct: aya::maps::HashMap<_, crate::maps::FlowKey, [u8; 16]> =
+            aya::maps::Map::LruHashMap(map)
+                .try_into()
+                .map_err(DatapathError::map(names::CONNTRACK))?;
+        let keys: Vec<crate::maps::FlowKey> = ct.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            // A key gone meanwhile (evicted) is as good as removed.
+            let _ = ct.remove(&k);
+        }
+        Ok(())
     }
 
     /// [`Datapath::load_or_open_with`] from another build of
@@ -291,6 +319,16 @@ pub fn detach_all(pin_dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Removes `pin_dir/name` if it is there.
+fn remove_pin(pin_dir: &Path, name: &str) -> Result<(), DatapathError> {
+    let path = pin_dir.join(name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DatapathError::io("removing", path)(e)),
+    }
+}
+
 /// Removes everything cnpilot pinned under `pin_dir` (links, then maps, then
 /// the directory). Idempotent: a missing directory is success.
 pub fn unpin_all(pin_dir: &Path) -> Result<(), DatapathError> {
@@ -300,12 +338,7 @@ pub fn unpin_all(pin_dir: &Path) -> Result<(), DatapathError> {
     detach_all(pin_dir)?;
     let _ = std::fs::remove_dir(pin_dir.join("links"));
     for name in names::ALL {
-        let path = pin_dir.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DatapathError::io("removing", path)(e)),
-        }
+        remove_pin(pin_dir, name)?;
     }
     std::fs::remove_dir(pin_dir).map_err(DatapathError::io("removing", pin_dir))
 }

@@ -228,16 +228,6 @@ pub struct FlowKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(C)]
-pub struct CtValue {
-    pub verdict: u8,
-    pub reason: u8,
-    pub proxy_port: u16,
-    pub rule_id: u32,
-    pub created_ns: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[repr(C)]
 pub struct FlowCounters {
     pub packets: u64,
     pub bytes: u64,
@@ -247,7 +237,9 @@ pub struct FlowCounters {
     pub dst_identity: u32,
     pub verdict: u8,
     pub reason: u8,
-    pub pad: u16,
+    /// The L7 proxy's port of a redirected flow: the entry is also the
+    /// flow's conntrack (`c/cnpilot.h`).
+    pub proxy_port: u16,
     pub rule_id: u32,
 }
 
@@ -323,7 +315,6 @@ unsafe impl aya::Pod for SubjectValue {}
 unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for PolicyValue {}
 unsafe impl aya::Pod for FlowKey {}
-unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for FlowCounters {}
 unsafe impl aya::Pod for FlowEvent {}
 
@@ -370,9 +361,8 @@ mod tests {
             "policy_key" => PolicyKey { subject, peer, dport, proto, direction },
             "policy_value" => PolicyValue { action, pad, proxy_port, rule_id },
             "flow_key" => FlowKey { saddr, daddr, sport, dport, proto, direction, pad, ifindex },
-            "ct_value" => CtValue { verdict, reason, proxy_port, rule_id, created_ns },
             "flow_counters" => FlowCounters { packets, bytes, first_seen_ns, last_seen_ns,
-                src_identity, dst_identity, verdict, reason, pad, rule_id },
+                src_identity, dst_identity, verdict, reason, proxy_port, rule_id },
             "flow_event" => FlowEvent { ts_ns, saddr, daddr, src_identity, dst_identity, sport,
                 dport, proto, direction, verdict, reason, ifindex, rule_id, ns_id, pad },
         };

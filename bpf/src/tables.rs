@@ -19,7 +19,10 @@ pub mod names {
     pub const NS_MODE: &str = "cnp_ns_mode";
     pub const SUBJECTS: &str = "cnp_subjects";
     pub const POLICY: &str = "cnp_policy";
+    /// Earlier builds' conntrack, a map of its own; the verdicts are in
+    /// [`FLOWS`] now. Only unpinned (and flushed for `--compare-object`).
     pub const CONNTRACK: &str = "cnp_conntrack";
+    /// Conntrack and flow counters, one entry per flow.
     pub const FLOWS: &str = "cnp_flows";
     pub const EVENTS: &str = "cnp_events";
     /// The L7 proxy's listener, for the `sk_lookup` program.
@@ -63,7 +66,6 @@ pub struct Tables {
     ns_mode: HashMap<MapData, u32, NsModeValue>,
     subjects: HashMap<MapData, SubjectKey, SubjectValue>,
     policy: HashMap<MapData, PolicyKey, PolicyValue>,
-    conntrack: HashMap<MapData, FlowKey, CtValue>,
     flows: HashMap<MapData, FlowKey, FlowCounters>,
 }
 
@@ -105,7 +107,6 @@ impl Tables {
             ns_mode: typed!(NS_MODE, Map::HashMap),
             subjects: typed!(SUBJECTS, Map::HashMap),
             policy: typed!(POLICY, Map::HashMap),
-            conntrack: typed!(CONNTRACK, Map::LruHashMap),
             flows: typed!(FLOWS, Map::LruHashMap),
         })
     }
@@ -259,19 +260,14 @@ impl Tables {
             .collect()
     }
 
-    pub fn read_conntrack(&self) -> Result<Vec<(FlowKey, CtValue)>, DatapathError> {
-        self.conntrack
-            .iter()
-            .map(|kv| kv.map_err(DatapathError::map(names::CONNTRACK)))
-            .collect()
-    }
-
-    /// Forgets every connection's verdict (next packets are evaluated anew).
+    /// Forgets every connection's verdict (next packets are evaluated anew),
+    /// and with it its counters: one entry holds both.
     pub fn flush_conntrack(&mut self) -> Result<(), DatapathError> {
-        flush(&mut self.conntrack, names::CONNTRACK)
+        flush(&mut self.flows, names::FLOWS)
     }
 
-    /// Forgets every flow's counters (a flow seen again starts from zero).
+    /// Forgets every flow's counters (a flow seen again starts from zero,
+    /// and is evaluated anew: its verdict is in the same entry).
     pub fn flush_counters(&mut self) -> Result<(), DatapathError> {
         flush(&mut self.flows, names::FLOWS)
     }

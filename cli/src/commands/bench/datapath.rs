@@ -222,9 +222,11 @@ impl<'a> Rig<'a> {
                 }
                 // Every sample starts from empty tables: a tuple the connect
                 // loop reuses must be a new flow, as its first use was.
-                let t = self.dp.tables_mut();
-                t.flush_conntrack()?;
-                t.flush_counters()?;
+                // (One entry holds a flow's verdict and counters; an older
+                // --compare-object build keeps its verdicts in a map of its
+                // own, emptied too.)
+                self.dp.tables_mut().flush_counters()?;
+                Datapath::flush_legacy_conntrack(&self.topo.pin_dir)?;
             }
             Scenario::Iptables { rules } => {
                 if self.iptables != Some(rules) {

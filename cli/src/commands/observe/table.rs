@@ -159,6 +159,18 @@ pub fn widths(rows: &[[String; 6]]) -> [usize; 5] {
     widths
 }
 
+/// An rcode as DNS tools name it.
+fn rcode_text(rcode: u32) -> String {
+    match rcode {
+        1 => "Format Error".into(),
+        2 => "Server Failure".into(),
+        3 => "Non-Existent Domain".into(),
+        4 => "Not Implemented".into(),
+        5 => "Refused".into(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,17 +238,5 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(summary(&f), "HTTP/1.1 403 POST /api/v1/refunds, denied");
-    }
-}
-
-/// An rcode as DNS tools name it.
-fn rcode_text(rcode: u32) -> String {
-    match rcode {
-        1 => "Format Error".into(),
-        2 => "Server Failure".into(),
-        3 => "Non-Existent Domain".into(),
-        4 => "Not Implemented".into(),
-        5 => "Refused".into(),
-        other => other.to_string(),
     }
 }
