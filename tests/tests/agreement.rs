@@ -14,6 +14,14 @@
 //! original address (an address the case takes from 198.19/16 is used as is,
 //! under the compiled prefixes). Entities get their reserved identity the
 //! same way; the local host is the node netns (198.19.255.254, identity 1).
+//!
+//! A case with several nodes is also run from each other node's view that
+//! its flows name: that node is the node netns (its host policy compiled
+//! for its labels), the case's pods (all on the first node, as the
+//! evaluator places them) are remote pods in the outside netns, and every
+//! other node's host is a `remote-node` stand-in. A flow is delivered when
+//! every view that judges it delivers it: node-2 → node-1 is node-2's host
+//! egress in one view and node-1's host ingress in the other.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -64,9 +72,20 @@ struct Plan {
     ns_ids: Vec<u32>,
     /// Stand-in address → identity to pin in the ipcache (None: as compiled).
     outside: BTreeMap<Ipv4Addr, Option<u32>>,
+    /// Which of the case's nodes this lab is (0 when it has none): its host
+    /// is the node netns; the case's pods live on node 0, so on any other
+    /// node they are remote pods in the outside netns, and every other
+    /// node's host is a `remote-node` stand-in.
+    local: usize,
 }
 
-fn plan(case: &Case, file: &str) -> Plan {
+impl Plan {
+    fn pods_are_local(&self) -> bool {
+        self.local == 0
+    }
+}
+
+fn plan(case: &Case, file: &str, local: usize) -> Plan {
     let set = load_str_at(&case.policies, file, case.policies_line.max(1)).unwrap();
     let mut ids: Vec<IdentityInput> = Vec::new();
     let mut namespaces: Vec<String> = Vec::new();
@@ -101,7 +120,7 @@ fn plan(case: &Case, file: &str) -> Plan {
         pod_ns.push(namespaces.iter().position(|n| n == &ep.namespace).unwrap() as u32 + 1);
         pod_addrs.push(addr);
     }
-    let node = case.nodes.first().map(|n| NodeInput {
+    let node = case.nodes.get(local).map(|n| NodeInput {
         name: n.name.clone(),
         labels: n.labels.clone(),
     });
@@ -120,13 +139,19 @@ fn plan(case: &Case, file: &str) -> Plan {
         pod_addrs,
         ns_ids: (1..=namespaces.len() as u32).collect(),
         outside: BTreeMap::new(),
+        local,
     };
     let mut stand_ins = (1u8..).map(|h| Ipv4Addr::new(198, 19, 1, h));
     for flow in &case.flows {
-        for (entity, cidr) in [
-            (&flow.from_entity, flow.from_cidr),
-            (&flow.to_entity, flow.to_cidr),
+        for (name, entity, cidr) in [
+            (&flow.from, &flow.from_entity, flow.from_cidr),
+            (&flow.to, &flow.to_entity, flow.to_cidr),
         ] {
+            // Another node's host is a remote-node stand-in.
+            let entity = match remote_host(case, &plan, name, entity) {
+                true => Some("remote-node".to_string()),
+                false => entity.clone(),
+            };
             if let Some(key) = outside_identity(&plan, entity.as_deref(), cidr) {
                 let taken: Vec<Ipv4Addr> = plan.outside.keys().copied().collect();
                 match (cidr, key) {
@@ -143,6 +168,29 @@ fn plan(case: &Case, file: &str) -> Plan {
         }
     }
     plan
+}
+
+/// Whether a flow end is the host of a node other than the plan's own.
+fn remote_host(case: &Case, plan: &Plan, name: &Option<String>, entity: &Option<String>) -> bool {
+    if let Some(n) = name {
+        return case
+            .nodes
+            .iter()
+            .position(|x| &x.name == n)
+            .is_some_and(|j| j != plan.local);
+    }
+    // `host` is the first node's (the case runner's reading).
+    entity.as_deref() == Some("host") && plan.local != 0
+}
+
+/// Whether a flow names node `k` (by name, or `host` for the first).
+fn names_node(case: &Case, flow: &FlowSpec, k: usize) -> bool {
+    [(&flow.from, &flow.from_entity), (&flow.to, &flow.to_entity)]
+        .iter()
+        .any(|(name, entity)| match name {
+            Some(n) => case.nodes.get(k).is_some_and(|x| &x.name == n),
+            None => k == 0 && entity.as_deref() == Some("host"),
+        })
 }
 
 /// For an outside end: `Some(None)` = use the address as is (it is a lab
@@ -185,15 +233,23 @@ fn resolve(
     entity: &Option<String>,
     cidr: Option<Ipv4Addr>,
 ) -> Result<End, &'static str> {
+    let pod = |i: usize| {
+        if plan.pods_are_local() {
+            End::Pod(i)
+        } else {
+            End::Outside(plan.pod_addrs[i])
+        }
+    };
+    if remote_host(case, plan, name, entity) {
+        return stand_in(plan, identity::REMOTE_NODE).map(End::Outside);
+    }
     if let Some(n) = name {
         if let Some(i) = case.endpoints.iter().position(|e| &e.name == n) {
-            return Ok(End::Pod(i));
+            return Ok(pod(i));
         }
         return match case.nodes.iter().position(|x| &x.name == n) {
-            Some(0) => Ok(End::Host),
-            // Its host's policy runs on that node's pods' veths and devices:
-            // nothing on this node judges it.
-            _ => Err("the subject is another node's host: judged on the other node"),
+            Some(_) => Ok(End::Host),
+            None => Err("unknown flow end"),
         };
     }
     if entity.as_deref() == Some("host") {
@@ -201,20 +257,24 @@ fn resolve(
     }
     if let Some(a) = cidr {
         if let Some(i) = plan.pod_addrs.iter().position(|p| *p == a) {
-            return Ok(End::Pod(i));
+            return Ok(pod(i));
         }
     }
     let key = outside_identity(plan, entity.as_deref(), cidr).ok_or("unknown flow end")?;
     let addr = match (cidr, key) {
         (Some(a), None) => Some(a),
-        (_, Some(id)) => plan
-            .outside
-            .iter()
-            .find(|(_, v)| **v == Some(id))
-            .map(|(a, _)| *a),
+        (_, Some(id)) => stand_in(plan, id).ok(),
         _ => None,
     };
     addr.map(End::Outside).ok_or("no stand-in address")
+}
+
+fn stand_in(plan: &Plan, id: u32) -> Result<Ipv4Addr, &'static str> {
+    plan.outside
+        .iter()
+        .find(|(_, v)| **v == Some(id))
+        .map(|(a, _)| *a)
+        .ok_or("no stand-in address")
 }
 
 fn addr_of(plan: &Plan, end: End) -> Ipv4Addr {
@@ -225,15 +285,86 @@ fn addr_of(plan: &Plan, end: End) -> Ipv4Addr {
     }
 }
 
-/// Builds the case's lab, programs the datapath and sends every flow.
+/// What one node's lab saw of a flow.
+enum Seen {
+    Judged {
+        delivered: bool,
+        /// The datapath's counters for it, when it disagreed.
+        counted: String,
+    },
+    /// Nothing this node judges is on the flow's path.
+    NotOnPath,
+    Skipped(&'static str),
+}
+
+/// Runs a case from the view of each node its flows name (a flow between
+/// two nodes' hosts is judged on both: egress on one, ingress on the other)
+/// and compares what they delivered together with the evaluator's verdict.
 fn run_in_lab(file: &str, case: &Case) -> Vec<(String, Outcome)> {
     let evaluated = run_case(case, file).unwrap();
-    let plan = plan(case, file);
-    let outside: Vec<Ipv4Addr> = plan.outside.keys().copied().collect();
-    let lab = CaseLab::new(&plan.pod_addrs, &outside);
+    let mut seen: Vec<Vec<(usize, Seen)>> = case.flows.iter().map(|_| Vec::new()).collect();
+    let views = (0..case.nodes.len().max(1))
+        .filter(|&k| k == 0 || case.flows.iter().any(|f| names_node(case, f, k)));
+    for k in views {
+        for (i, s) in run_view(file, case, k).into_iter().enumerate() {
+            seen[i].push((k, s));
+        }
+    }
+    let node_name = |k: usize| case.nodes.get(k).map_or("the node", |n| n.name.as_str());
+    let mut out = Vec::new();
+    for (i, views) in seen.into_iter().enumerate() {
+        let label = format!("{}#{i} {}", case.id, evaluated[i].flow);
+        let evaluator = evaluated[i].got;
+        let expected = evaluator != Verdict::Deny;
+        let mut judged = Vec::new();
+        let mut skipped = None;
+        for (k, s) in views {
+            match s {
+                Seen::Judged { delivered, counted } => judged.push((k, delivered, counted)),
+                Seen::NotOnPath => {}
+                Seen::Skipped(why) => skipped = skipped.or(Some(why)),
+            }
+        }
+        let outcome = match skipped {
+            Some(why) => Outcome::Skipped(why),
+            None if judged.is_empty() => {
+                Outcome::Skipped("neither a pod nor the host's link to the outside on the path")
+            }
+            None if judged.iter().all(|(_, d, _)| *d) == expected => Outcome::Agreed,
+            None => Outcome::Disagreed(format!(
+                "evaluator says {evaluator:?}; {}",
+                judged
+                    .iter()
+                    .map(|(k, d, counted)| format!(
+                        "on {} the datapath {} it{counted}",
+                        node_name(*k),
+                        if *d { "delivered" } else { "did not deliver" }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        };
+        out.push((label, outcome));
+    }
+    out
+}
+
+/// Builds the case's lab as node `local` sees it, programs the datapath
+/// and sends every flow that crosses that node.
+fn run_view(file: &str, case: &Case, local: usize) -> Vec<Seen> {
+    let evaluated = run_case(case, file).unwrap();
+    let plan = plan(case, file, local);
+    let mut outside: Vec<Ipv4Addr> = plan.outside.keys().copied().collect();
+    let local_pods: &[Ipv4Addr] = if plan.pods_are_local() {
+        &plan.pod_addrs
+    } else {
+        outside.extend(&plan.pod_addrs);
+        &[]
+    };
+    let lab = CaseLab::new(local_pods, &outside);
     let mut dp = Datapath::load_or_open(&lab.pin_dir).unwrap();
     let node = netns::named(&lab.node);
-    for (i, addr) in plan.pod_addrs.iter().enumerate() {
+    for (i, addr) in local_pods.iter().enumerate() {
         let veth = lab.pod_veth(i);
         dp.attach(Some(&node), &veth).unwrap();
         let ifindex = netns::ifindex(&node, &veth).unwrap();
@@ -280,10 +411,16 @@ fn run_in_lab(file: &str, case: &Case) -> Vec<(String, Outcome)> {
         .compiled
         .ipcache_entries()
         .into_iter()
-        .map(|(k, value)| IpcacheEntry {
-            addr: Ipv4Addr::from(u32::from_be(k.addr)),
-            prefix_len: k.prefixlen as u8,
-            value,
+        .map(|(k, mut value)| {
+            if !plan.pods_are_local() {
+                // The case's pods are on node 0: remote pods here.
+                value.flags &= !IPCACHE_F_LOCAL_ENDPOINT;
+            }
+            IpcacheEntry {
+                addr: Ipv4Addr::from(u32::from_be(k.addr)),
+                prefix_len: k.prefixlen as u8,
+                value,
+            }
         })
         .collect();
     ipcache.push(pinned(GATEWAY, identity::HOST));
@@ -297,7 +434,7 @@ fn run_in_lab(file: &str, case: &Case) -> Vec<(String, Outcome)> {
             .iter()
             .filter(|e| e.value.flags & IPCACHE_F_LOCAL_ENDPOINT != 0)
             .count()
-            == plan.pod_addrs.len(),
+            == local_pods.len(),
         "{}: the compiled ipcache must hold every pod",
         case.id
     );
@@ -307,14 +444,24 @@ fn run_in_lab(file: &str, case: &Case) -> Vec<(String, Outcome)> {
     }
 
     let mut servers = Servers::default();
-    let mut out = Vec::new();
-    for (i, flow) in case.flows.iter().enumerate() {
-        let label = format!("{}#{i} {}", case.id, evaluated[i].flow);
-        let evaluator = evaluated[i].got;
-        let outcome = send_flow(&lab, &plan, case, flow, &mut dp, &mut servers, evaluator);
-        out.push((label, outcome));
-    }
-    out
+    case.flows
+        .iter()
+        .enumerate()
+        .map(|(i, flow)| {
+            if local != 0 && !names_node(case, flow, local) {
+                return Seen::NotOnPath;
+            }
+            send_flow(
+                &lab,
+                &plan,
+                case,
+                flow,
+                &mut dp,
+                &mut servers,
+                evaluated[i].got,
+            )
+        })
+        .collect()
 }
 
 fn send_flow(
@@ -325,20 +472,20 @@ fn send_flow(
     dp: &mut Datapath,
     servers: &mut Servers,
     evaluator: Verdict,
-) -> Outcome {
+) -> Seen {
     if flow.reply
         && matches!(
             flow.proto,
             FlowProto::Sctp | FlowProto::Icmp | FlowProto::Vrrp | FlowProto::Igmp
         )
     {
-        return Outcome::Skipped("a reply of a raw protocol (only new packets are sent raw)");
+        return Seen::Skipped("a reply of a raw protocol (only new packets are sent raw)");
     }
     let ends = resolve(case, plan, &flow.from, &flow.from_entity, flow.from_cidr)
         .and_then(|f| resolve(case, plan, &flow.to, &flow.to_entity, flow.to_cidr).map(|t| (f, t)));
     let (src, dst) = match ends {
         Ok(e) => e,
-        Err(why) => return Outcome::Skipped(why),
+        Err(why) => return Seen::Skipped(why),
     };
     let (client, server) = if flow.reply { (dst, src) } else { (src, dst) };
     let pod_on_path = matches!(client, End::Pod(_)) || matches!(server, End::Pod(_));
@@ -347,10 +494,10 @@ fn send_flow(
         (End::Host, End::Outside(_)) | (End::Outside(_), End::Host)
     );
     if !pod_on_path && !host_and_outside {
-        return Outcome::Skipped("neither a pod nor the host's link to the outside on the path");
+        return Seen::NotOnPath;
     }
     if client == server {
-        return Outcome::Skipped("a pod to itself never crosses its veth");
+        return Seen::Skipped("a pod to itself never crosses its veth");
     }
     let port = flow.port.unwrap_or(0);
     let (from, to) = (addr_of(plan, client), addr_of(plan, server));
@@ -380,7 +527,10 @@ fn send_flow(
         delivered = attempt(Duration::from_secs(2));
     }
     if delivered == expected {
-        return Outcome::Agreed;
+        return Seen::Judged {
+            delivered,
+            counted: String::new(),
+        };
     }
     // What the datapath decided, from its per-flow counters.
     let counted: Vec<String> = dp
@@ -418,15 +568,13 @@ fn send_flow(
             format!("{side} {verdict} ({why})")
         })
         .collect();
-    Outcome::Disagreed(format!(
-        "evaluator says {evaluator:?}, the datapath {} it ({from} -> {to}:{port}); counted: [{}]",
-        if delivered {
-            "delivered"
-        } else {
-            "did not deliver"
-        },
-        counted.join("; ")
-    ))
+    Seen::Judged {
+        delivered,
+        counted: format!(
+            " ({from} -> {to}:{port}); counted: [{}]",
+            counted.join("; ")
+        ),
+    }
 }
 
 fn case_paths() -> [PathBuf; 2] {
