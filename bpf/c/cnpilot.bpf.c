@@ -168,6 +168,11 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct packet *p, __u
 		sk = NULL;
 	}
 	if (!sk) {
+		/* The listener on proxy_port, looked up at a loopback address:
+		 * at the pod's address cnp_proxy_lookup would answer the HTTP
+		 * proxy's listener whatever the port, and the DNS proxy has a
+		 * TCP listener of its own. */
+		t.ipv4.daddr = bpf_htonl(0x7f000001);
 		t.ipv4.dport = bpf_htons(proxy_port);
 		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (!sk)

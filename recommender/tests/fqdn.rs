@@ -150,7 +150,7 @@ fn without_answers_to_fqdns_allows_nothing_but_still_default_denies() {
 }
 
 #[test]
-fn rules_dns_redirects_udp_to_the_dns_proxy_and_allows_tcp() {
+fn rules_dns_redirects_udp_and_tcp_to_the_dns_proxy() {
     let mut c = compiled(&answers());
     c.set_proxy_port(15001);
     c.set_dns_proxy_port(15053);
@@ -165,7 +165,7 @@ fn rules_dns_redirects_udp_to_the_dns_proxy_and_allows_tcp() {
     let udp = entries[&key(UDP)];
     assert_eq!((udp.action, udp.proxy_port), (action::REDIRECT, 15053));
     let tcp = entries[&key(TCP)];
-    assert_eq!((tcp.action, tcp.proxy_port), (action::ALLOW, 0));
+    assert_eq!((tcp.action, tcp.proxy_port), (action::REDIRECT, 15053));
     // The HTTP proxy's port does not touch DNS entries, and back.
     c.set_proxy_port(15002);
     assert_eq!(
@@ -175,12 +175,14 @@ fn rules_dns_redirects_udp_to_the_dns_proxy_and_allows_tcp() {
             .map(|(_, v)| v.proxy_port),
         Some(15053)
     );
+    // `protocol: ANY` also keys SCTP, which the proxy does not answer.
     let warning = c
         .warnings()
         .iter()
-        .find(|w| w.contains("rules.dns over TCP"))
-        .expect("a warning for DNS over TCP");
+        .find(|w| w.contains("rules.dns over SCTP"))
+        .expect("a warning for DNS over SCTP");
     assert!(warning.contains("spec.egress[0]"), "{warning}");
+    assert!(!c.warnings().iter().any(|w| w.contains("over TCP")));
     let rule = c.rule(tcp.rule_id).unwrap();
     assert_eq!(rule.unmodelled, ["rules.dns"]);
 }
@@ -212,8 +214,10 @@ fn check_dns_lets_the_query_name_decide() {
     assert_eq!(denied.outcome, Outcome::L7Denied);
     assert_eq!(c.rule(denied.rule.unwrap()).unwrap().path, "spec.egress[0]");
     assert_eq!(dns(UDP, 53, "a.b.cdn.example").outcome, Outcome::L7Denied);
-    // TCP/53 is a plain allow; another port is not allowed at all.
-    assert_eq!(dns(TCP, 53, "evil.example").outcome, Outcome::Allowed);
+    // Over TCP the name decides the same way; another port is not
+    // allowed at all.
+    assert_eq!(dns(TCP, 53, "evil.example").outcome, Outcome::L7Denied);
+    assert_eq!(dns(TCP, 53, "x.cdn.example").outcome, Outcome::L7Allowed);
     assert_eq!(
         dns(UDP, 5353, "x.cdn.example").outcome,
         Outcome::DefaultDeny

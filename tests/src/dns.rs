@@ -1,7 +1,8 @@
-//! A stub resolver for tests: one A query from inside a network namespace,
-//! as a pod's resolver would send it, and what came back.
+//! A stub resolver for tests: one A query (over UDP or TCP) from inside a
+//! network namespace, as a pod's resolver would send it, and what came back.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 /// What a server answered: its rcode and the A records of the answer.
@@ -34,6 +35,39 @@ pub fn query(netns: &str, server: Ipv4Addr, name: &str) -> Result<Answer, String
             .recv(&mut buf)
             .map_err(|e| format!("no answer: {e}"))?;
         parse(&buf[..n], id)
+    })
+    .join()
+    .map_err(|_| "the resolver thread panicked".to_string())?
+}
+
+/// The same over TCP (RFC 1035 4.2.2: a two-byte length before each
+/// message), as a resolver retries a truncated answer; `Err` when the
+/// connection failed or no answer came within 3 s.
+pub fn query_tcp(netns: &str, server: Ipv4Addr, name: &str) -> Result<Answer, String> {
+    let netns = cnpilot_bpf::netns::named(netns);
+    let name = name.to_string();
+    std::thread::spawn(move || -> Result<Answer, String> {
+        cnpilot_bpf::netns::enter(&netns).map_err(|e| format!("setns: {e}"))?;
+        let limit = Duration::from_secs(3);
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::from((server, 53)), limit)
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(limit))
+            .map_err(|e| e.to_string())?;
+        let id = (std::process::id() as u16).wrapping_mul(37);
+        let query = build(id, &name);
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        stream.write_all(&framed).map_err(|e| e.to_string())?;
+        let mut len = [0u8; 2];
+        stream
+            .read_exact(&mut len)
+            .map_err(|e| format!("no answer: {e}"))?;
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream
+            .read_exact(&mut msg)
+            .map_err(|e| format!("short answer: {e}"))?;
+        parse(&msg, id)
     })
     .join()
     .map_err(|_| "the resolver thread panicked".to_string())?

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cnpilot_e2e::dns::{query, NOERROR, REFUSED};
+use cnpilot_e2e::dns::{query, query_tcp, NOERROR, REFUSED};
 use cnpilot_e2e::steps::seed_lab;
 use cnpilot_e2e::SeedAgent;
 use serde_json::Value;
@@ -36,6 +36,8 @@ spec:
     - ports:
       - port: "53"
         protocol: UDP
+      - port: "53"
+        protocol: TCP
       rules:
         dns:
         - matchName: api.processor.example
@@ -112,7 +114,7 @@ fn a_name_learned_from_dns_opens_its_address_for_its_ttl_only() {
     assert_eq!(ev["rcode"], "NOERROR", "{ev}");
     assert_eq!(ev["answers"][0], PROCESSOR, "{ev}");
     assert_eq!(ev["ttl"], 5, "{ev}");
-    let resolved_at = Instant::now();
+    assert_eq!(ev["proto"], "udp", "{ev}");
 
     assert!(
         connects(&payments, PROCESSOR, 443),
@@ -137,6 +139,28 @@ fn a_name_learned_from_dns_opens_its_address_for_its_ttl_only() {
     });
     assert_eq!(ev["verdict"], "l7-denied", "{ev}");
     assert_eq!(ev["rcode"], "REFUSED", "{ev}");
+
+    // Over TCP (what a resolver falls back to) the same rules hold: the
+    // allowed name is answered (and refreshes its TTL), the other refused.
+    let refused = query_tcp(&payments, dns, "intake.datadoghq.example").unwrap();
+    assert_eq!((refused.rcode, refused.ips.len()), (REFUSED, 0));
+    let ev = wait_event(&agent, "the refused TCP query", |e| {
+        e["type"] == "dns" && e["query"] == "intake.datadoghq.example" && e["proto"] == "tcp"
+    });
+    assert_eq!(ev["verdict"], "l7-denied", "{ev}");
+    let answer = query_tcp(&payments, dns, "api.processor.example").unwrap();
+    assert_eq!(answer.rcode, NOERROR);
+    assert_eq!(answer.ips, vec![PROCESSOR.parse::<Ipv4Addr>().unwrap()]);
+    let resolved_at = Instant::now();
+    let ev = wait_event(&agent, "the allowed TCP query", |e| {
+        e["type"] == "dns" && e["query"] == "api.processor.example" && e["proto"] == "tcp"
+    });
+    assert_eq!(
+        (&ev["verdict"], &ev["rcode"]),
+        (&"allowed".into(), &"NOERROR".into()),
+        "{ev}"
+    );
+    assert!(connects(&payments, PROCESSOR, 443));
 
     // The TTL (5 s) passes: the address is a bare world address again.
     let expired = resolved_at + Duration::from_secs(7);

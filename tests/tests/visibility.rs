@@ -56,13 +56,14 @@ fn visibility_records_http_and_never_breaks_anything() {
         .to_string();
     let node_netns = state["node"]["netns"].as_str().unwrap().to_string();
 
-    // TCP/53 (DNS, not HTTP) on top of the declared HTTP ports.
+    // TCP/53 (DNS, not HTTP) on top of the declared HTTP ports; no DNS
+    // proxy, which would take pods' TCP/53 at their egress first.
     let agent = Agent::start_with(
         &lab,
         work.path(),
         None,
         "enforce",
-        &["--http-visibility", "auto,53"],
+        &["--http-visibility", "auto,53", "--dns-proxy-port", "0"],
     );
     let out = lab.cnpilot(&[
         "lab",

@@ -11,6 +11,7 @@ use cnpilot_bpf::maps::Direction;
 use cnpilot_bpf::Tables;
 use cnpilot_proxy::dns::udp::bind_transparent_udp;
 use cnpilot_proxy::dns::{DnsEvent, DnsPolicy, DnsProxy, DnsProxyConfig, LearnRequest};
+use cnpilot_proxy::listener::bind_transparent;
 use cnpilot_proxy::netns::spawn_in_netns;
 use cnpilot_proxy::policy::{Identity, L7Decision};
 use cnpilot_recommender::compile::Outcome;
@@ -29,19 +30,25 @@ use crate::maps::reprogram_policy;
 use crate::run::{compile, error_chain, staged_now, write_line, Agent};
 
 pub const DEFAULT_DNS_PROXY_PORT: u16 = 15053;
-const UDP: u8 = 17;
 
 struct CompiledDns(Arc<PolicySlot>);
 
 impl DnsPolicy for CompiledDns {
-    fn decide(&self, src: Identity, dst: Identity, dport: u16, qname: &str) -> L7Decision {
+    fn decide(
+        &self,
+        src: Identity,
+        dst: Identity,
+        proto: u8,
+        dport: u16,
+        qname: &str,
+    ) -> L7Decision {
         let p = self.0.current();
         if !p.is_local_subject(src) {
             return L7Decision::Allow {
                 rule: "not a pod of this node".into(),
             };
         }
-        let side = p.check_dns(Direction::Egress, src, dst, UDP, dport, qname);
+        let side = p.check_dns(Direction::Egress, src, dst, proto, dport, qname);
         match side.outcome {
             Outcome::L7Denied => L7Decision::Deny {
                 reason: format!("no dns rule matches ({})", describe(&p, side.rule)),
@@ -65,8 +72,8 @@ pub struct DnsChannels {
     pub learned: mpsc::Receiver<LearnRequest>,
 }
 
-/// Starts the DNS proxy on a thread inside the node namespace, on UDP
-/// 0.0.0.0:`port`. Returns once it is bound.
+/// Starts the DNS proxy on a thread inside the node namespace, on UDP and
+/// TCP 0.0.0.0:`port`. Returns once both are bound.
 pub fn start_dns_proxy(
     inv: &Inventory,
     compiled: Arc<PolicySlot>,
@@ -83,20 +90,25 @@ pub fn start_dns_proxy(
     let (learn_tx, learned) = mpsc::channel(256);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<crate::Result<()>>();
     let _detached = spawn_in_netns(&ns, move || {
-        let started = (|| -> crate::Result<(tokio::runtime::Runtime, std::net::UdpSocket)> {
-            let listener = bind_transparent_udp(
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-                true,
-            )
-            .with_context(|| format!("binding the DNS proxy on UDP port {port}"))?;
+        type Started = (
+            tokio::runtime::Runtime,
+            std::net::UdpSocket,
+            std::net::TcpListener,
+        );
+        let started = (|| -> crate::Result<Started> {
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+            let listener = bind_transparent_udp(addr, true)
+                .with_context(|| format!("binding the DNS proxy on UDP port {port}"))?;
+            let tcp_listener = bind_transparent(addr)
+                .with_context(|| format!("binding the DNS proxy on TCP port {port}"))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .thread_name("cnpilot-dns")
                 .enable_all()
                 .build()
                 .context("starting the DNS proxy runtime")?;
-            Ok((rt, listener))
+            Ok((rt, listener, tcp_listener))
         })();
-        let (rt, listener) = match started {
+        let (rt, listener, tcp_listener) = match started {
             Ok(s) => s,
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -113,9 +125,11 @@ pub fn start_dns_proxy(
                 Some(learn_tx),
             ));
             let _ = ready_tx.send(Ok(()));
+            let tcp = tokio::spawn(Arc::clone(&proxy).serve_tcp(tcp_listener));
             if let Err(e) = proxy.serve(listener).await {
                 tracing::error!(error = %e, "the DNS proxy stopped");
             }
+            tcp.abort();
         });
     });
     match ready_rx.recv() {

@@ -192,6 +192,8 @@ pub struct DnsLine {
     pub time_ns: u64,
     /// `allowed`, `l7-would-deny`, `l7-denied` or `unparseable`.
     pub verdict: &'static str,
+    /// `udp` or `tcp`: how the query came.
+    pub proto: &'static str,
     pub query: String,
     pub qtype: String,
     /// The answer's rcode (`NOERROR`, `NXDOMAIN`, `REFUSED`…), `None`
@@ -227,6 +229,7 @@ pub fn dns_line(ev: &DnsEvent, inv: &Inventory, cx: &LineContext) -> DnsLine {
         time: rfc3339(i64::try_from(time_ns).unwrap_or(i64::MAX)),
         time_ns,
         verdict: ev.verdict.as_str(),
+        proto: if ev.proto == 6 { "tcp" } else { "udp" },
         query: ev.qname.clone(),
         qtype: qtype_name(ev.qtype),
         rcode: ev.rcode.map(rcode_name),

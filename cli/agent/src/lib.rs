@@ -58,7 +58,7 @@ pub struct AgentConfig {
     pub store: Option<PathBuf>,
     /// The transparent L7 proxy's port; 0 runs no proxy.
     pub proxy_port: u16,
-    /// The transparent DNS proxy's UDP port; 0 runs none (`rules.dns` is
+    /// The transparent DNS proxy's port (UDP and TCP); 0 runs none (`rules.dns` is
     /// then allowed at L4, and `toFQDNs` learns no name).
     pub dns_proxy_port: u16,
     /// Seconds an answered address keeps its name at least, whatever the

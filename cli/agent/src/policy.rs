@@ -170,7 +170,7 @@ fn add_visibility(
     added
 }
 
-/// DNS visibility: every pod's queries to UDP port 53 go through the DNS
+/// DNS visibility: every pod's queries to port 53 (UDP and TCP) go through the DNS
 /// proxy (the same twins as HTTP visibility, on the pod's egress), so each
 /// query and answer is recorded and `toFQDNs` can learn names whether or
 /// not a policy has `rules.dns`.
@@ -189,15 +189,17 @@ fn add_dns_visibility(
         if !done.insert(pod.identity) {
             continue;
         }
-        let side = VisibleSide {
-            subject: pod.identity,
-            direction: Direction::Egress,
-            proto: 17,
-            port: 53,
-            proxy_port: dns_port,
-        };
         let selected = selects(subjects, pod.identity, Direction::Egress);
-        added += side.add(policy, subjects, selected);
+        for proto in [17, 6] {
+            let side = VisibleSide {
+                subject: pod.identity,
+                direction: Direction::Egress,
+                proto,
+                port: 53,
+                proxy_port: dns_port,
+            };
+            added += side.add(policy, subjects, selected);
+        }
     }
     policy.sort_by_key(|(k, _)| *k);
     subjects.sort_by_key(|(k, _)| *k);

@@ -121,7 +121,7 @@ impl StoreSink {
         self.append(&[record])
     }
 
-    /// One query the DNS proxy saw: a UDP/53 record from the pod to the
+    /// One query the DNS proxy saw: a UDP or TCP record from the pod to the
     /// server it asked, with the query, its rcode and what it resolved.
     pub fn record_dns(&mut self, ev: &DnsEvent) -> crate::Result<()> {
         let ts = unix_ns(ev.ts);
@@ -132,7 +132,7 @@ impl StoreSink {
             node: self.node.clone(),
             src: self.resolved(IpAddr::V4(*ev.src.ip()), ev.src_identity, ts),
             dst: self.resolved(IpAddr::V4(*ev.server.ip()), ev.dst_identity, ts),
-            proto: 17,
+            proto: ev.proto,
             dst_port: ev.server.port(),
             direction: Direction::Egress,
             verdict,

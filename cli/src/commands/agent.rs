@@ -69,14 +69,13 @@ pub struct AgentArgs {
     /// decided at L3/L4 only: their HTTP rules are not enforced).
     #[arg(long, default_value_t = cnpilot_agent::DEFAULT_PROXY_PORT)]
     pub proxy_port: u16,
-    /// UDP port of the transparent DNS proxy in the node namespace. Every
+    /// Port (UDP and TCP) of the transparent DNS proxy in the node namespace. Every
     /// pod's queries to port 53 go through it: each query and answer is an
     /// event (`"type":"dns"`: name, type, rcode, answered addresses, TTL),
     /// `rules.dns` decides which names a pod may ask (REFUSED in enforce),
     /// and answers teach `toFQDNs` which addresses a name stands for, for
     /// the answer's TTL. 0 runs no DNS proxy: `rules.dns` is then allowed
-    /// at L4 only and `toFQDNs` allows nothing. DNS over TCP is not
-    /// proxied.
+    /// at L4 only and `toFQDNs` allows nothing.
     #[arg(long, default_value_t = cnpilot_agent::DEFAULT_DNS_PROXY_PORT)]
     pub dns_proxy_port: u16,
     /// Seconds an address a DNS answer gave keeps its name for `toFQDNs`,

@@ -8,7 +8,7 @@ use cnpilot_bpf::maps::{action, identity, Direction, PolicyKey, PolicyValue, Sub
 
 use super::fqdn::{collect_fqdn_selectors, fqdn_addrs, fqdn_matches};
 use super::lookup::PrefixTable;
-use super::ports::{ports_of, IPPROTO_UDP, L7};
+use super::ports::{ports_of, IPPROTO_TCP, IPPROTO_UDP, L7};
 use super::{CompiledPolicy, FqdnInput, IdentityInput, NodeInput, RuleRef, CIDR_IDENTITY_BASE};
 use crate::model::{Cidr, CidrRule, Entity, LoadedPolicy, PeerRule, PolicySet, PortSpec, Rule};
 use crate::select::{LabelSet, Selector};
@@ -275,7 +275,7 @@ fn compile_rule(
                 out,
                 rule_ref(loaded, format!("{path}.{name}[{i}]"), unmodelled),
             );
-            warn_dns_not_udp(out, id, &ports);
+            warn_dns_not_proxied(out, id, &ports);
             for (l4, l7) in &ports {
                 for s in subjects {
                     for (peer, proto, port) in expand_peers_ports(&peers, l4, *s, dir, u, out) {
@@ -294,16 +294,19 @@ fn compile_rule(
     }
 }
 
-/// `rules.dns` on a protocol the DNS proxy does not answer (TCP, or SCTP
-/// under `ANY`): said once per rule, as the rule's ALLOW entries pass every
-/// name there.
-fn warn_dns_not_udp(out: &mut CompiledPolicy, rule_id: u32, ports: &[(Vec<(u8, PortSpec)>, L7)]) {
+/// `rules.dns` on a protocol the DNS proxy does not answer (SCTP under
+/// `ANY`): said once per rule, as the rule's ALLOW entries pass every name
+/// there.
+fn warn_dns_not_proxied(
+    out: &mut CompiledPolicy,
+    rule_id: u32,
+    ports: &[(Vec<(u8, PortSpec)>, L7)],
+) {
     let mut protos: Vec<&str> = ports
         .iter()
         .filter(|(_, l7)| matches!(l7, L7::Dns(_)))
         .flat_map(|(l4, _)| l4.iter().map(|(p, _)| *p))
         .filter_map(|p| match p {
-            6 => Some("TCP"),
             132 => Some("SCTP"),
             _ => None,
         })
@@ -321,9 +324,9 @@ fn warn_dns_not_udp(out: &mut CompiledPolicy, rule_id: u32, ports: &[(Vec<(u8, P
 }
 
 fn insert(out: &mut CompiledPolicy, key: PolicyKey, deny: bool, l7: &L7, rule_id: u32) {
-    // The DNS proxy answers UDP only: DNS over anything else is allowed at
-    // L4 (`warn_dns_not_udp` says so).
-    let dns = matches!(l7, L7::Dns(_)) && key.proto == IPPROTO_UDP;
+    // The DNS proxy answers UDP and TCP: DNS over anything else is allowed
+    // at L4 (`warn_dns_not_proxied` says so).
+    let dns = matches!(l7, L7::Dns(_)) && matches!(key.proto, IPPROTO_UDP | IPPROTO_TCP);
     let act = match (deny, l7) {
         (true, _) => action::DENY,
         (false, L7::Http(_)) => action::REDIRECT,

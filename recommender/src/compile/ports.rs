@@ -3,13 +3,14 @@
 
 use crate::model::{DnsRule, HttpRule, IcmpFamily, IcmpRule, PeerRule, PortSpec};
 
+pub(super) const IPPROTO_TCP: u8 = 6;
 pub(super) const IPPROTO_UDP: u8 = 17;
 
 pub(super) enum L7<'a> {
     None,
     Http(&'a [HttpRule]),
-    /// Redirected to the DNS proxy over UDP; over TCP (which the proxy does
-    /// not answer) allowed at L4, named as unmodelled.
+    /// Redirected to the DNS proxy over UDP and TCP; over SCTP (which the
+    /// proxy does not answer) allowed at L4, named as unmodelled.
     Dns(&'a [DnsRule]),
     /// Kafka / generic L7: allowed at L4, named as unmodelled.
     Unenforced,
@@ -84,11 +85,13 @@ pub(super) fn ports_of<'a>(
             }
         }
         if matches!(l7, L7::Dns(_))
-            && l4.iter().any(|(p, _)| *p != IPPROTO_UDP)
+            && l4
+                .iter()
+                .any(|(p, _)| *p != IPPROTO_UDP && *p != IPPROTO_TCP)
             && !unmodelled.contains(&"rules.dns")
         {
-            // The DNS proxy answers UDP only: over TCP the port is allowed
-            // and the names go unchecked (`compile_rule` warns).
+            // The DNS proxy answers UDP and TCP: over SCTP the port is
+            // allowed and the names go unchecked (`compile_rule` warns).
             unmodelled.push("rules.dns");
         }
         out.push((l4, l7));

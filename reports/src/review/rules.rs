@@ -146,7 +146,7 @@ pub fn describe(
                 http.push(format!("{method} {path}"));
             }
             if rules.dns.is_some() {
-                http.push("dns: the names of rules.dns (checked by the DNS proxy over UDP)".into());
+                http.push("dns: the names of rules.dns (checked by the DNS proxy)".into());
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The DNS half of the L7 proxy: a transparent UDP DNS proxy, as Cilium's.
+//! The DNS half of the L7 proxy: a transparent DNS proxy, as Cilium's.
 //!
 //! The tc program hands a pod's query to port 53 (when a `rules.dns` rule
 //! or DNS visibility redirects it) to [`DnsProxy`]'s listener with
@@ -19,10 +19,18 @@
 //! tc program reading a packet in flight cannot do (the pod would connect
 //! before user space had read the ring buffer, and be dropped).
 //!
-//! Not handled: DNS over TCP (port 53/TCP is allowed at L4 only), IPv6
-//! clients, EDNS padding or DNSSEC (passed through unread).
+//! Queries come over UDP ([`DnsProxy::serve`]) and over TCP
+//! ([`DnsProxy::serve_tcp`], RFC 1035 4.2.2 framing, several queries per
+//! connection, answered in order), and are forwarded over the transport
+//! they came on: a truncated UDP answer makes the pod retry over TCP, which
+//! is checked the same way.
+//!
+//! Not handled: IPv6 clients, EDNS padding or DNSSEC (passed through
+//! unread), pipelined TCP queries answered out of order (they are answered
+//! one after the other).
 
 mod serve;
+pub mod tcp;
 pub mod udp;
 pub mod wire;
 
@@ -44,6 +52,7 @@ pub trait DnsPolicy: Send + Sync + 'static {
         &self,
         src_identity: Identity,
         dst_identity: Identity,
+        proto: u8,
         dport: u16,
         qname: &str,
     ) -> L7Decision;
@@ -76,6 +85,8 @@ pub struct DnsEvent {
     /// The DNS server the pod asked.
     pub server: SocketAddrV4,
     pub dst_identity: Identity,
+    /// 17 (UDP) or 6 (TCP): how the query came.
+    pub proto: u8,
     /// Lower-case, no trailing dot; empty when the query could not be read.
     pub qname: String,
     pub qtype: u16,

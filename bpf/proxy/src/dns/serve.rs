@@ -1,4 +1,5 @@
-//! The proxy's loop: one task per query.
+//! The proxy's UDP loop (one task per query) and the decision every query
+//! gets, whichever transport brought it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -17,6 +18,22 @@ use crate::conn::upstream_mark;
 use crate::event::L7Verdict;
 use crate::listener::ProxyError;
 use crate::policy::{IdentityResolver, L7Decision, L7Mode, ModeResolver};
+
+/// How a query reached the proxy, and so how it is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn proto(self) -> u8 {
+        match self {
+            Transport::Udp => 17,
+            Transport::Tcp => 6,
+        }
+    }
+}
 
 /// A DNS message over UDP without EDNS is at most 512 bytes; with EDNS a
 /// server may send up to what the client advertised. 4096 is the common
@@ -109,6 +126,22 @@ impl DnsProxy {
     }
 
     async fn handle(&self, query: Vec<u8>, client: SocketAddrV4, server: SocketAddrV4) {
+        if let Some(reply) = self.answer(&query, client, server, Transport::Udp).await {
+            self.reply(server, client, &reply).await;
+        }
+    }
+
+    /// Decides one query from `client` to `server` and returns what the
+    /// pod gets: the server's answer, `REFUSED` (a name `rules.dns` denies,
+    /// in enforce), `FORMERR` (unreadable, in enforce), or nothing (no
+    /// answer came). Records it as one [`DnsEvent`].
+    pub(super) async fn answer(
+        &self,
+        query: &[u8],
+        client: SocketAddrV4,
+        server: SocketAddrV4,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
         let src_identity = self.identities.identity_of(IpAddr::V4(*client.ip()));
         let dst_identity = self.identities.identity_of(IpAddr::V4(*server.ip()));
@@ -118,6 +151,7 @@ impl DnsProxy {
             src_identity,
             server,
             dst_identity,
+            proto: transport.proto(),
             qname: String::new(),
             qtype: 0,
             rcode: None,
@@ -128,24 +162,28 @@ impl DnsProxy {
         };
         let enforce =
             self.modes.mode_for(IpAddr::V4(*client.ip()), src_identity) == L7Mode::Enforce;
-        match wire::parse(&query) {
+        match wire::parse(query) {
             Ok(msg) if !msg.is_response() && msg.question.is_some() => {
                 if let Some(q) = msg.question {
                     event.qname = q.name;
                     event.qtype = q.qtype;
                 }
-                let decision =
-                    self.policy
-                        .decide(src_identity, dst_identity, server.port(), &event.qname);
+                let decision = self.policy.decide(
+                    src_identity,
+                    dst_identity,
+                    transport.proto(),
+                    server.port(),
+                    &event.qname,
+                );
                 (event.verdict, event.reason) = decision_verdict(&decision, enforce);
                 if enforce && matches!(decision, L7Decision::Deny { .. }) {
                     self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    if let Some(reply) = wire::error_reply(&query, RCODE_REFUSED) {
+                    let reply = wire::error_reply(query, RCODE_REFUSED);
+                    if reply.is_some() {
                         event.rcode = Some(RCODE_REFUSED);
-                        self.reply(server, client, &reply).await;
                     }
                     self.emit(event);
-                    return;
+                    return reply;
                 }
             }
             parsed => {
@@ -158,16 +196,30 @@ impl DnsProxy {
                     Ok(_) => "not a query with a question".into(),
                 };
                 if enforce {
-                    if let Some(reply) = wire::error_reply(&query, wire::RCODE_FORMERR) {
+                    let reply = wire::error_reply(query, wire::RCODE_FORMERR);
+                    if reply.is_some() {
                         event.rcode = Some(wire::RCODE_FORMERR);
-                        self.reply(server, client, &reply).await;
                     }
                     self.emit(event);
-                    return;
+                    return reply;
                 }
             }
         }
-        let answer = match self.forward(&query, server, src_identity).await {
+        let forwarded = match transport {
+            Transport::Udp => self.forward(query, server, src_identity).await,
+            Transport::Tcp => {
+                super::tcp::forward(
+                    query,
+                    server,
+                    self.config
+                        .mark_upstream
+                        .then(|| upstream_mark(src_identity)),
+                    self.config.upstream_timeout,
+                )
+                .await
+            }
+        };
+        let answer = match forwarded {
             Ok(answer) => answer,
             Err(e) => {
                 self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +230,7 @@ impl DnsProxy {
                     format!("{} (no answer: {e})", event.reason)
                 };
                 self.emit(event);
-                return;
+                return None;
             }
         };
         if let Ok(msg) = wire::parse(&answer) {
@@ -195,8 +247,8 @@ impl DnsProxy {
                 .await;
             }
         }
-        self.reply(server, client, &answer).await;
         self.emit(event);
+        Some(answer)
     }
 
     /// Hands the addresses to the caller and waits (bounded) until they

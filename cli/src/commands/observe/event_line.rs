@@ -128,7 +128,7 @@ pub fn parse(text: &str) -> Result<Line, String> {
             .map_err(|_| format!("unknown proto `{n}`"))?,
         // The proxy speaks HTTP over TCP only.
         None if kind == Kind::Http => 6,
-        // The DNS proxy reads UDP only.
+        // Lines of agents that proxied DNS over UDP only had no proto.
         None if kind == Kind::Dns => 17,
         None => return Err("no proto".into()),
     };
