@@ -63,6 +63,14 @@ impl DnsPolicy for CompiledDns {
             },
         }
     }
+
+    /// The same test [`crate::fqdn::FqdnCache::learn`] makes: names no
+    /// `toFQDNs` selector matches are not learned, so their answers need
+    /// not wait for the agent's loop.
+    fn learns(&self, names: &[String]) -> bool {
+        let p = self.0.current();
+        names.iter().any(|n| p.fqdn_selects(n))
+    }
 }
 
 /// The proxy's two outputs: one event per query, and the answers whose

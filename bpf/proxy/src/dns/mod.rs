@@ -56,6 +56,15 @@ pub trait DnsPolicy: Send + Sync + 'static {
         dport: u16,
         qname: &str,
     ) -> L7Decision;
+
+    /// Whether an answer for these names (the question's first, then its
+    /// CNAME chain) has addresses the caller wants before the pod may see
+    /// them (some `toFQDNs` selector matches a name). An answer nobody
+    /// wants is released at once, without the round trip to the caller.
+    fn learns(&self, names: &[String]) -> bool {
+        let _ = names;
+        true
+    }
 }
 
 /// What one answer resolved: every name of its CNAME chain (the question's

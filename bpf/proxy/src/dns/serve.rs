@@ -239,12 +239,14 @@ impl DnsProxy {
             if !resolved.ips.is_empty() && msg.rcode() == 0 {
                 event.ips.clone_from(&resolved.ips);
                 event.ttl = resolved.ttl;
-                self.learn(Learned {
-                    names: resolved.names,
-                    ips: resolved.ips,
-                    ttl: resolved.ttl,
-                })
-                .await;
+                if self.policy.learns(&resolved.names) {
+                    self.learn(Learned {
+                        names: resolved.names,
+                        ips: resolved.ips,
+                        ttl: resolved.ttl,
+                    })
+                    .await;
+                }
             }
         }
         self.emit(event);
