@@ -70,7 +70,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = cnpilot_agent::DEFAULT_PROXY_PORT)]
     pub proxy_port: u16,
     /// Port (UDP and TCP) of the transparent DNS proxy in the node namespace. Every
-    /// pod's queries to port 53 go through it: each query and answer is an
+    /// pod's queries to port 53 that L3/L4 policy lets through go through it
+    /// (one it denies, or would deny in audit, is only an L3/L4 event): each query and answer is an
     /// event (`"type":"dns"`: name, type, rcode, answered addresses, TTL),
     /// `rules.dns` decides which names a pod may ask (REFUSED in enforce),
     /// and answers teach `toFQDNs` which addresses a name stands for, for
