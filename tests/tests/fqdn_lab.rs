@@ -47,6 +47,31 @@ spec:
     - ports:
       - port: "443"
         protocol: TCP
+---
+# The web frontend may reach the processor by name too, but its lookups
+# pass no rules.dns rule: as on Cilium, its answers teach nothing.
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: web-egress
+  namespace: web
+spec:
+  endpointSelector: {}
+  egress:
+  - toEndpoints:
+    - matchLabels:
+        io.kubernetes.pod.namespace: kube-system
+        k8s-app: kube-dns
+    toPorts:
+    - ports:
+      - port: "53"
+        protocol: UDP
+  - toFQDNs:
+    - matchName: api.processor.example
+    toPorts:
+    - ports:
+      - port: "443"
+        protocol: TCP
 "#;
 
 fn connects(netns: &str, addr: &str, port: u16) -> bool {
@@ -168,6 +193,22 @@ fn a_name_learned_from_dns_opens_its_address_for_its_ttl_only() {
     assert!(
         !connects(&payments, PROCESSOR, 443),
         "{PROCESSOR} still reachable after its name's TTL\n{}",
+        agent.stderr_text()
+    );
+
+    // A lookup no rules.dns rule let through (web's: visibility only)
+    // teaches toFQDNs nothing, as on Cilium.
+    let web = pod_netns(&state, "web");
+    let answer = query(&web, dns, "api.processor.example").unwrap();
+    assert_eq!(answer.ips, vec![PROCESSOR.parse::<Ipv4Addr>().unwrap()]);
+    wait_event(&agent, "web's lookup", |e| {
+        e["type"] == "dns"
+            && e["query"] == "api.processor.example"
+            && e["src"]["namespace"] == "web"
+    });
+    assert!(
+        !connects(&web, PROCESSOR, 443),
+        "a name learned without a DNS rule opened {PROCESSOR}\n{}",
         agent.stderr_text()
     );
 

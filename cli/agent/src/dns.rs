@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use cnpilot_bpf::maps::Direction;
 use cnpilot_bpf::Tables;
 use cnpilot_proxy::dns::udp::bind_transparent_udp;
-use cnpilot_proxy::dns::{DnsEvent, DnsPolicy, DnsProxy, DnsProxyConfig, LearnRequest};
+use cnpilot_proxy::dns::{DnsEvent, DnsPolicy, DnsProxy, DnsProxyConfig, LearnRequest, Query};
 use cnpilot_proxy::listener::bind_transparent;
 use cnpilot_proxy::netns::spawn_in_netns;
 use cnpilot_proxy::policy::{Identity, L7Decision};
@@ -64,12 +64,26 @@ impl DnsPolicy for CompiledDns {
         }
     }
 
-    /// The same test [`crate::fqdn::FqdnCache::learn`] makes: names no
-    /// `toFQDNs` selector matches are not learned, so their answers need
-    /// not wait for the agent's loop.
-    fn learns(&self, names: &[String]) -> bool {
+    /// As in Cilium, only an answer to a query a `rules.dns` rule let
+    /// through teaches `toFQDNs` (a query here for visibility only, or one
+    /// audit lets pass that enforce would refuse, does not), and only names
+    /// some `toFQDNs` selector matches are kept
+    /// ([`crate::fqdn::FqdnCache::learn`]); other answers need not wait for
+    /// the agent's loop.
+    fn learns(&self, q: &Query<'_>, names: &[String]) -> bool {
         let p = self.0.current();
-        names.iter().any(|n| p.fqdn_selects(n))
+        if !p.is_local_subject(q.src_identity) {
+            return false;
+        }
+        let side = p.check_dns(
+            Direction::Egress,
+            q.src_identity,
+            q.dst_identity,
+            q.proto,
+            q.dport,
+            q.qname,
+        );
+        side.outcome == Outcome::L7Allowed && names.iter().any(|n| p.fqdn_selects(n))
     }
 }
 

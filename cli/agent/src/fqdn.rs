@@ -1,5 +1,7 @@
 //! What the DNS proxy learned, as the compiler's input: each world address
-//! an answer gave for a name some `toFQDNs` selector matches gets an
+//! an answer gave (to a query a `rules.dns` rule let through, as in Cilium,
+//! where only those reach its DNS proxy) for a name some `toFQDNs` selector
+//! matches gets an
 //! identity of its own (from `FQDN_IDENTITY_BASE`) for as long as one of
 //! its names is within its TTL. The policy compiled with these inputs
 //! selects the address by its names (and still by any CIDR containing it).

@@ -57,14 +57,24 @@ pub trait DnsPolicy: Send + Sync + 'static {
         qname: &str,
     ) -> L7Decision;
 
-    /// Whether an answer for these names (the question's first, then its
-    /// CNAME chain) has addresses the caller wants before the pod may see
-    /// them (some `toFQDNs` selector matches a name). An answer nobody
-    /// wants is released at once, without the round trip to the caller.
-    fn learns(&self, names: &[String]) -> bool {
-        let _ = names;
+    /// Whether the answer to this query (names: the question's first, then
+    /// its CNAME chain) has addresses the caller wants before the pod may
+    /// see them. An answer nobody wants is released at once, without the
+    /// round trip to the caller.
+    fn learns(&self, query: &Query<'_>, names: &[String]) -> bool {
+        let _ = (query, names);
         true
     }
+}
+
+/// Who asked what, for [`DnsPolicy::learns`].
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub src_identity: Identity,
+    pub dst_identity: Identity,
+    pub proto: u8,
+    pub dport: u16,
+    pub qname: &'a str,
 }
 
 /// What one answer resolved: every name of its CNAME chain (the question's

@@ -239,7 +239,14 @@ impl DnsProxy {
             if !resolved.ips.is_empty() && msg.rcode() == 0 {
                 event.ips.clone_from(&resolved.ips);
                 event.ttl = resolved.ttl;
-                if self.policy.learns(&resolved.names) {
+                let query = super::Query {
+                    src_identity,
+                    dst_identity,
+                    proto: transport.proto(),
+                    dport: server.port(),
+                    qname: &event.qname,
+                };
+                if self.policy.learns(&query, &resolved.names) {
                     self.learn(Learned {
                         names: resolved.names,
                         ips: resolved.ips,
