@@ -200,6 +200,27 @@ fn rules_dns_without_tcp_is_fully_modelled() {
 }
 
 #[test]
+fn to_fqdns_without_a_dns_rule_is_warned_about_once() {
+    let text = POLICY.replace(
+        "      rules:\n        dns:\n        - matchName: api.processor.example\n        - matchPattern: \"*.cdn.example\"\n",
+        "",
+    );
+    assert!(!text.contains("dns:"), "{text}");
+    let set = load_str(&text, "p.yaml").unwrap();
+    let c = CompiledPolicy::compile(&set, &[pod(APP, "app", [10, 0, 0, 1])], None);
+    let warned: Vec<&String> = c
+        .warnings()
+        .iter()
+        .filter(|w| w.contains("toFQDNs, but no rules.dns"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", c.warnings());
+    assert!(warned[0].contains("spec.egress[1]"), "{}", warned[0]);
+    // With its DNS rule, no such warning.
+    let c = compiled(&[]);
+    assert!(!c.warnings().iter().any(|w| w.contains("toFQDNs, but")));
+}
+
+#[test]
 fn check_dns_lets_the_query_name_decide() {
     let c = compiled(&answers());
     let dns = |proto, port, q: &str| c.check_dns(Direction::Egress, APP, DNS, proto, port, q);

@@ -153,7 +153,30 @@ pub(super) fn compile(
             );
         }
     }
+    warn_fqdns_without_dns(&mut out);
     out
+}
+
+/// A `toFQDNs` rule learns its addresses from DNS answers, and (here as in
+/// Cilium) only answers to queries a `rules.dns` rule sent through the DNS
+/// proxy teach them. When none of the rule's endpoints has such a rule on
+/// its egress, their own lookups teach it nothing: it allows only what
+/// another endpoint's DNS rule happened to teach. Said once per rule.
+fn warn_fqdns_without_dns(out: &mut CompiledPolicy) {
+    for (rule_id, subjects) in std::mem::take(&mut out.fqdn_rules) {
+        if subjects.iter().any(|s| out.dns_subjects.contains(s)) {
+            continue;
+        }
+        let Some(rule) = out.rules.get(rule_id as usize).map(ToString::to_string) else {
+            continue;
+        };
+        out.warnings.push(format!(
+            "{rule}: toFQDNs, but no rules.dns on its endpoints' egress sends their lookups \
+             through the DNS proxy: their own lookups teach it no address (as on Cilium), so it \
+             allows only what another endpoint's DNS rule has taught; add a rules.dns rule \
+             toward the DNS server (e.g. matchPattern \"*\")"
+        ));
+    }
 }
 
 fn push_rule(out: &mut CompiledPolicy, rule: RuleRef) -> u32 {
@@ -276,6 +299,14 @@ fn compile_rule(
                 rule_ref(loaded, format!("{path}.{name}[{i}]"), unmodelled),
             );
             warn_dns_not_proxied(out, id, &ports);
+            if !deny && dir == Direction::Egress {
+                if pr.fqdns.is_some() {
+                    out.fqdn_rules.push((id, subjects.to_vec()));
+                }
+                if ports.iter().any(|(_, l7)| matches!(l7, L7::Dns(_))) {
+                    out.dns_subjects.extend(subjects.iter().copied());
+                }
+            }
             for (l4, l7) in &ports {
                 for s in subjects {
                     for (peer, proto, port) in expand_peers_ports(&peers, l4, *s, dir, u, out) {

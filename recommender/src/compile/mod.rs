@@ -98,6 +98,11 @@ pub struct CompiledPolicy {
     pub(crate) dns: FastMap<PolicyKey, Vec<(u32, Arc<DnsRule>)>>,
     /// Every `toFQDNs` selector of the set, for [`CompiledPolicy::fqdn_selects`].
     pub(crate) fqdn_selectors: Vec<FqdnSelector>,
+    /// Allowing `toFQDNs` rules and the subjects they select, checked once
+    /// every rule is compiled (`warn_fqdns_without_dns`).
+    pub(crate) fqdn_rules: Vec<(u32, Vec<u32>)>,
+    /// Subjects with an allowing `rules.dns` rule on their egress.
+    pub(crate) dns_subjects: BTreeSet<u32>,
     pub(crate) rules: Vec<RuleRef>,
     pub(crate) endpoint_ids: BTreeSet<u32>,
     pub(crate) cidr_ids: Vec<(Cidr, u32)>,
