@@ -290,10 +290,17 @@ impl Connection {
         emit(&self.shared.events, &self.shared.stats, event);
     }
 
+    /// The server's mode when it is a pod here (its ingress rules, and
+    /// those of a local client, are judged under it, as before); otherwise
+    /// only the client's egress rules can have sent the connection here,
+    /// and the client's mode decides.
     fn mode(&self) -> L7Mode {
-        self.shared
-            .modes
-            .mode_for(self.info.dst.ip(), self.info.dst_identity)
+        let modes = &self.shared.modes;
+        if modes.is_local(self.info.dst_identity) {
+            modes.mode_for(self.info.dst.ip(), self.info.dst_identity)
+        } else {
+            modes.mode_for(self.info.src.ip(), self.info.src_identity)
+        }
     }
 
     pub async fn run(mut self) {

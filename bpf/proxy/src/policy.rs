@@ -31,6 +31,15 @@ pub enum L7Mode {
 
 pub trait ModeResolver: Send + Sync + 'static {
     fn mode_for(&self, dst_ip: IpAddr, dst_identity: Identity) -> L7Mode;
+
+    /// Whether `identity` is a pod whose namespace has a mode here (a pod
+    /// of this node). A connection to anything else (the world, a name, a
+    /// pod of another node) was redirected by the client's egress rules,
+    /// so the client's mode decides.
+    fn is_local(&self, identity: Identity) -> bool {
+        let _ = identity;
+        true
+    }
 }
 
 /// A request as the policy sees it: method as sent (case-sensitive), the

@@ -244,8 +244,8 @@ impl ModeResolver for PinnedModes {
             Err(poisoned) => poisoned.into_inner().get(&dst_identity).copied(),
         };
         let Some(ns) = ns else {
-            // Not a pod of this node: only the source's egress rules can
-            // have redirected it; recorded, never blocked.
+            // Not a pod of this node: the proxy asks for the client's mode
+            // instead (`is_local`); for an unknown client, record only.
             return L7Mode::Audit;
         };
         let mode = match self.tables.lock() {
@@ -260,6 +260,13 @@ impl ModeResolver for PinnedModes {
                 tracing::warn!(error = %e, "reading the namespace mode for the L7 proxy");
                 L7Mode::Enforce
             }
+        }
+    }
+
+    fn is_local(&self, identity: Identity) -> bool {
+        match self.ns_of_identity.read() {
+            Ok(map) => map.contains_key(&identity),
+            Err(poisoned) => poisoned.into_inner().contains_key(&identity),
         }
     }
 }
