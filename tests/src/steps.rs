@@ -20,6 +20,20 @@ pub fn seed_lab(test: &str) -> Option<(Lab, tempfile::TempDir)> {
     Some((lab, work))
 }
 
+/// The network namespace of the first pod (not hostNetwork) of `namespace`
+/// in the lab's `state.json`.
+pub fn pod_netns(state: &serde_json::Value, namespace: &str) -> String {
+    state["pods"]
+        .as_array()
+        .and_then(|pods| {
+            pods.iter()
+                .find(|p| p["namespace"] == namespace && p["hostNetwork"] != true)
+        })
+        .and_then(|p| p["netns"].as_str())
+        .unwrap_or_else(|| panic!("no pod of `{namespace}` in the lab's state"))
+        .to_string()
+}
+
 /// `cnpilot record` for `seconds` while the scenario's clients talk.
 pub fn record(lab: &Lab, store: &Path, current: Option<&Path>, seconds: u32) {
     record_with(lab, store, current, seconds, &[]);

@@ -11,9 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cnpilot_e2e::dns::{query, NOERROR};
-use cnpilot_e2e::steps::seed_lab;
+use cnpilot_e2e::steps::{pod_netns, seed_lab};
 use cnpilot_e2e::SeedAgent;
-use serde_json::Value;
 
 const INTAKE: &str = "198.19.162.10";
 
@@ -69,17 +68,6 @@ fn http_status(netns: &str, method: &str, path: &str) -> String {
         .output()
         .expect("curl runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn pod_netns(state: &Value, namespace: &str) -> String {
-    state["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == namespace && p["hostNetwork"] != true)
-        .and_then(|p| p["netns"].as_str())
-        .unwrap()
-        .to_string()
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cnpilot_e2e::dns::{query, query_tcp, NOERROR, REFUSED};
-use cnpilot_e2e::steps::seed_lab;
+use cnpilot_e2e::steps::{pod_netns, seed_lab};
 use cnpilot_e2e::SeedAgent;
 use serde_json::Value;
 
@@ -96,17 +96,6 @@ fn wait_event(agent: &SeedAgent, what: &str, f: impl Fn(&Value) -> bool) -> Valu
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn pod_netns(state: &Value, namespace: &str) -> String {
-    state["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == namespace && p["hostNetwork"] != true)
-        .and_then(|p| p["netns"].as_str())
-        .unwrap()
-        .to_string()
 }
 
 #[test]
